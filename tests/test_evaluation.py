@@ -1,0 +1,224 @@
+"Evaluation against an independent brute-force reference, property tests and bad-input cases."
+import math, warnings
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+from hypothesis import given, settings, strategies as st, HealthCheck
+from torch.utils.data import DataLoader, TensorDataset
+
+from reid_nb.evaluation import (extract_features, euclidean_distance, evaluate_ranking, chance_level,
+                                ranked_gallery, plot_cmc, plot_ranked_list)
+
+
+def brute_force(distmat, q_pids, g_pids, q_camids, g_camids, max_rank):
+    "Per-query python loops: stable argsort, drop same-id-same-cam and junk, cumulative hits, AP = mean precision at hits."
+    cmcs, aps, inps, skipped = [], [], [], 0
+    for i in range(distmat.shape[0]):
+        order = np.argsort(distmat[i], kind='stable')
+        kept = [j for j in order if g_pids[j] != -1 and not (g_pids[j] == q_pids[i] and g_camids[j] == q_camids[i])]
+        hits = [int(g_pids[j] == q_pids[i]) for j in kept]
+        if sum(hits) == 0: skipped += 1; continue
+        first = hits.index(1) + 1
+        cmcs.append([1.0 if k >= first else 0.0 for k in range(1, max_rank + 1)])
+        precs, n_hit, last = [], 0, 0
+        for rank, h in enumerate(hits, 1):
+            if h: n_hit += 1; precs.append(n_hit / rank); last = rank
+        aps.append(sum(precs) / len(precs)); inps.append(n_hit / last)
+    if not aps: return None, None, None, 0, skipped
+    return np.mean(cmcs, 0), np.mean(aps), np.mean(inps), len(aps), skipped
+
+
+def random_problem(rng, Q, G, n_ids, n_cams, ties):
+    q_pids = rng.integers(1, n_ids + 1, Q)
+    g_pids = rng.integers(-1, n_ids + 1, G)          # includes junk (-1) and distractors (0)
+    q_camids, g_camids = rng.integers(0, n_cams, Q), rng.integers(0, n_cams, G)
+    distmat = rng.integers(0, 4, (Q, G)).astype(np.float32) if ties else rng.random((Q, G)).astype(np.float32)
+    return distmat, q_pids, g_pids, q_camids, g_camids
+
+
+@pytest.mark.parametrize('seed', range(16))
+def test_matches_brute_force(seed):
+    rng = np.random.default_rng(seed)
+    Q, G = int(rng.integers(1, 30)), int(rng.integers(1, 60))
+    n_cams = 1 if seed == 0 else int(rng.integers(2, 5))  # one camera: every query is skipped → error
+    args = random_problem(rng, Q, G, n_ids=int(rng.integers(1, 8)), n_cams=n_cams, ties=seed % 2 == 0)
+    max_rank = int(rng.integers(1, 80))  # sometimes beyond the gallery size
+    cmc, mAP, mINP, n_valid, n_skip = brute_force(*args, max_rank)
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        if n_valid == 0:
+            with pytest.raises(ValueError, match='None of the'): evaluate_ranking(*args, max_rank=max_rank)
+            return
+        res = evaluate_ranking(*args, max_rank=max_rank, chunk_size=int(rng.integers(1, 8)))
+    assert res['cmc'].shape == (max_rank,)
+    np.testing.assert_allclose(res['cmc'], cmc, atol=1e-12)
+    assert res['rank1'] == pytest.approx(cmc[0])
+    assert res['mAP'] == pytest.approx(mAP, abs=1e-12) and res['mINP'] == pytest.approx(mINP, abs=1e-12)
+    assert (res['num_valid_queries'], res['num_skipped_queries']) == (n_valid, n_skip)
+
+
+def test_brute_force_larger_with_ties_and_torch_inputs():
+    rng = np.random.default_rng(123)
+    args = random_problem(rng, 80, 300, n_ids=25, n_cams=4, ties=True)
+    cmc, mAP, mINP, n_valid, n_skip = brute_force(*args, 50)
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter('always')
+        res = evaluate_ranking(*[torch.as_tensor(a) for a in args], max_rank=50, chunk_size=7)
+    np.testing.assert_allclose(res['cmc'], cmc, atol=1e-12)
+    assert res['mAP'] == pytest.approx(mAP, abs=1e-12) and res['mINP'] == pytest.approx(mINP, abs=1e-12)
+    assert res['rank5'] == pytest.approx(cmc[4]) and res['rank10'] == pytest.approx(cmc[9])
+    assert res['num_skipped_queries'] == n_skip
+    assert (n_skip > 0) == any(f'{n_skip} of 80 queries have no valid match' in str(x.message) for x in w)
+
+
+def test_skipped_queries_warn_and_count():
+    # query 0's identity is only in its own camera: skipped; query 1 hits at rank 1, query 2 at rank 3
+    distmat = np.array([[0.1, 0.2, 0.3], [0.3, 0.1, 0.2], [0.2, 0.1, 0.3]])
+    with pytest.warns(UserWarning, match='1 of 3 queries have no valid match'):
+        res = evaluate_ranking(distmat, [1, 2, 3], [1, 2, 3], [0, 0, 0], [0, 1, 1])
+    assert res['num_valid_queries'] == 2 and res['num_skipped_queries'] == 1 and res['rank1'] == 0.5
+
+
+def test_junk_never_counts_and_distractors_are_negatives():
+    # junk (-1) nearest: ignored; distractor (0) nearest: a wrong answer at rank 1
+    assert evaluate_ranking([[0.0, 1.0]], [5], [-1, 5], [0], [1, 1])['rank1'] == 1.0
+    res = evaluate_ranking([[0.0, 1.0]], [5], [0, 5], [0], [1, 1])
+    assert res['rank1'] == 0.0 and res['mAP'] == 0.5
+    # the same-id-same-camera image is removed, so the other-camera match at distance 1.0 is rank 1
+    res = evaluate_ranking([[0.0, 1.0, 2.0]], [7], [7, 7, 3], [1], [1, 2, 2], max_rank=3)
+    assert res['cmc'].tolist() == [1.0, 1.0, 1.0] and res['mAP'] == 1.0
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.integers(0, 10**6), st.integers(1, 12), st.integers(2, 40))
+def test_gallery_permutation_invariance(seed, Q, G):
+    rng = np.random.default_rng(seed)
+    distmat, q_pids, g_pids, q_camids, g_camids = random_problem(rng, Q, G, n_ids=5, n_cams=3, ties=False)
+    distmat = rng.permutation(Q * G).reshape(Q, G).astype(np.float32)  # distinct values: no ties
+    g_pids[0], g_camids[0], q_pids[0], q_camids[0] = 1, 1, 1, 0        # at least one valid query
+    perm = rng.permutation(G)
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        a = evaluate_ranking(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=10)
+        b = evaluate_ranking(distmat[:, perm], q_pids, g_pids[perm], q_camids, g_camids[perm], max_rank=10)
+    np.testing.assert_allclose(a['cmc'], b['cmc']); assert a['mAP'] == pytest.approx(b['mAP']) and a['mINP'] == pytest.approx(b['mINP'])
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 10**6), st.integers(1, 10), st.integers(1, 30))
+def test_perfect_distance_scores_one(seed, Q, G):
+    rng = np.random.default_rng(seed)
+    q_pids, g_pids = rng.integers(1, 5, Q), rng.integers(-1, 5, G)
+    q_camids, g_camids = rng.integers(0, 3, Q), rng.integers(0, 3, G)
+    distmat = np.where(q_pids[:, None] == g_pids[None], 0.0, 1.0) + rng.random((Q, G)) * 0.5  # every match before every non-match
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        try: res = evaluate_ranking(distmat, q_pids, g_pids, q_camids, g_camids)
+        except ValueError as e:
+            assert 'None of the' in str(e); return
+    assert res['rank1'] == 1.0 and res['mAP'] == pytest.approx(1.0) and res['mINP'] == pytest.approx(1.0)
+    assert (res['cmc'] == 1.0).all()
+
+
+def test_ties_follow_gallery_order():
+    assert evaluate_ranking([[1.0, 1.0]], [1], [1, 2], [0], [1, 1])['rank1'] == 1.0
+    assert evaluate_ranking([[1.0, 1.0]], [1], [2, 1], [0], [1, 1])['rank1'] == 0.0
+
+
+def test_chance_level_exact_against_enumeration():
+    # enumerate all rankings of a small valid gallery per query
+    import itertools
+    q_pids, g_pids = np.array([1, 2]), np.array([1, 1, 2, 3, -1, 1, 0])
+    q_camids, g_camids = np.array([0, 1]), np.array([0, 1, 2, 1, 1, 2, 0])
+    ch = chance_level(q_pids, g_pids, q_camids, g_camids)
+    aps, r1s = [], []
+    for i in range(2):
+        valid = [j for j in range(7) if g_pids[j] != -1 and not (g_pids[j] == q_pids[i] and g_camids[j] == q_camids[i])]
+        ap_i, r1_i = [], []
+        for perm in itertools.permutations(valid):
+            d = np.full((1, 7), 99.0); d[0, list(perm)] = np.arange(len(perm))
+            res = evaluate_ranking(d, q_pids[i:i+1], g_pids, q_camids[i:i+1], g_camids)
+            ap_i.append(res['mAP']); r1_i.append(res['rank1'])
+        aps.append(np.mean(ap_i)); r1s.append(np.mean(r1_i))
+    assert ch['mAP'] == pytest.approx(np.mean(aps)) and ch['rank1'] == pytest.approx(np.mean(r1s))
+    assert ch['num_valid_queries'] == 2
+
+
+@pytest.mark.parametrize('bad, match', [
+    (dict(q_pids=[1, 2, 3]), r'q_pids must be 1-D.*expected shape \(2,\), found \(3,\)'),
+    (dict(g_camids=[0, 1]), r'g_camids must be 1-D.*expected shape \(3,\), found \(2,\)'),
+    (dict(distmat=np.array([[0., np.nan, 1.], [0., 1., 2.]])), 'NaN/inf'),
+    (dict(distmat=np.array([[0., np.inf, 1.], [0., 1., 2.]])), 'NaN/inf'),
+    (dict(distmat=np.zeros(3)), r'Expected a non-empty \(num_query, num_gallery\)'),
+    (dict(q_pids=[1.5, 2.0]), 'integer ids'),
+    (dict(max_rank=0), 'max_rank must be a positive int'),
+])
+def test_bad_inputs(bad, match):
+    kw = dict(distmat=np.zeros((2, 3)), q_pids=[1, 2], g_pids=[1, 2, 2], q_camids=[0, 0], g_camids=[1, 1, 1])
+    kw.update(bad)
+    with pytest.raises(ValueError, match=match): evaluate_ranking(**kw)
+
+
+def test_euclidean_distance():
+    q, g = torch.randn(9, 5, dtype=torch.float64), torch.randn(13, 5, dtype=torch.float64)
+    ref = ((q[:, None] - g[None]) ** 2).sum(-1)
+    torch.testing.assert_close(euclidean_distance(q, g, squared=True, dtype=torch.float64), ref)
+    torch.testing.assert_close(euclidean_distance(q.numpy(), g.numpy()), ref.sqrt().float(), atol=1e-4, rtol=1e-4)
+    assert (euclidean_distance(q, q) >= 0).all()
+    with pytest.raises(ValueError, match='same D'): euclidean_distance(q, torch.randn(2, 4))
+
+
+class FirstColumn(nn.Module):
+    "Descriptor = the image's first pixel column; its mirror's descriptor is the last column."
+    def __init__(self): super().__init__(); self.drop = nn.Dropout(0.9)
+    def forward(self, x): return self.drop(x[..., 0].flatten(1))
+
+
+def test_extract_features_flip_and_modes():
+    imgs = torch.randn(7, 3, 4, 6)
+    dl = DataLoader(TensorDataset(imgs, torch.arange(7), torch.arange(7) % 3), batch_size=3)
+    m = FirstColumn().train()
+    f, p, c = extract_features(m, dl, flip=True, progress=False)
+    # dropout would scramble values if eval mode were not set
+    torch.testing.assert_close(f, ((imgs[..., 0] + imgs[..., -1]) / 2).flatten(1))
+    torch.testing.assert_close(extract_features(m, dl, flip=False, progress=True)[0], imgs[..., 0].flatten(1))
+    assert f.dtype == torch.float32 and f.device.type == 'cpu' and p.dtype == c.dtype == torch.int64
+    assert p.tolist() == list(range(7)) and c.tolist() == [0, 1, 2, 0, 1, 2, 0]
+    assert m.training and m.drop.training
+    # mixed modes are restored exactly
+    m.drop.eval(); extract_features(m, dl, progress=False)
+    assert m.training and not m.drop.training
+
+
+def test_extract_features_bad_batches():
+    with pytest.raises(ValueError, match=r'Expected evaluation batches \(images, pids, camids\)'):
+        extract_features(FirstColumn(), [(torch.zeros(1, 3, 2, 2), torch.zeros(1))], progress=False)
+    class Tup(nn.Module):
+        def forward(self, x): return x, x
+    with pytest.raises(TypeError, match=r'expected a \(B, D\) tensor'):
+        extract_features(Tup(), [(torch.zeros(1, 3, 2, 2), torch.zeros(1), torch.zeros(1))], progress=False)
+
+
+def test_ranked_gallery_and_figures(tmp_path):
+    import matplotlib; matplotlib.use('Agg')
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    distmat, q_pids, g_pids, q_camids, g_camids = random_problem(rng, 3, 12, n_ids=2, n_cams=3, ties=True)
+    order = ranked_gallery(distmat[0], q_pids[0], q_camids[0], g_pids, g_camids)
+    assert all(g_pids[j] != -1 and not (g_pids[j] == q_pids[0] and g_camids[j] == q_camids[0]) for j in order)
+    assert list(order) == [j for j in np.argsort(distmat[0], kind='stable') if j in set(order)]
+    paths = []
+    for i in range(15):
+        paths.append(tmp_path / f'{i}.png'); Image.fromarray(rng.integers(0, 255, (16, 8, 3), dtype=np.uint8)).save(paths[-1])
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        fig = plot_ranked_list(paths[:3], paths[3:], distmat, q_pids, g_pids, q_camids, g_camids, n_queries=2, topk=4)
+        res = evaluate_ranking(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=5) if (q_pids[:, None] == g_pids).any() else None
+    assert len(fig.axes) % 5 == 0 and len(fig.axes) >= 5
+    colours = {tuple(np.round(ax.spines['top'].get_edgecolor(), 3)) for ax in fig.axes if ax.axison}
+    assert colours <= {tuple(np.round(matplotlib.colors.to_rgba(c), 3)) for c in ['royalblue', 'limegreen', 'red']}
+    with pytest.raises(ValueError, match='Expected 3 query and 12 gallery images'):
+        plot_ranked_list(paths[:2], paths[3:], distmat, q_pids, g_pids, q_camids, g_camids)
+    fig = plot_cmc({'a': np.linspace(0.2, 1, 10), 'b': {'cmc': np.ones(10), 'mAP': 0.5}})
+    assert len(fig.axes[0].lines) == 2 and 'mAP 50.0%' in fig.axes[0].get_legend().get_texts()[1].get_text()
