@@ -43,23 +43,27 @@ def test_smoke_reproduction(tmp_path):
     assert not leftovers(out)
 
 
-def test_failed_run_leaves_no_partial_results(tmp_path):
+def test_invalid_config_fails_before_any_kernel_starts(tmp_path):
     out = tmp_path/'reports'
-    res = run_cli('reproduce', '--preset', 'smoke', '--out', str(out), '--quiet', '--set', 'backbone=vgg11', 'epochs=1')
-    assert res.returncode == 1, res.stdout + res.stderr
+    res = run_cli('reproduce', '--preset', 'smoke', '--out', str(out), '--quiet', '--set', 'backbone=vgg11', 'P=1')
+    assert res.returncode == 2, res.stdout + res.stderr
     assert "Unknown backbone 'vgg11'" in res.stderr and 'resnet50' in res.stderr, res.stderr
-    assert not (out/'runs'/'baseline').exists() and not (out/'index.html').exists()
-    assert (out/'failed'/'baseline.ipynb').exists()   # kept for debugging
-    assert not leftovers(out)
+    assert 'P must be at least 2' in res.stderr, res.stderr
+    assert not out.exists()   # nothing was started, nothing written
 
 
-def test_wrong_dataset_folder_is_named(tmp_path):
+def test_failed_run_keeps_its_notebook_and_no_partial_results(tmp_path):
+    "A run that fails inside the kernel (here: a Market-1501 folder without its sub-folders) leaves no run folder."
     missing = tmp_path/'Market-1501'
     missing.mkdir()
-    res = run_cli('reproduce', '--preset', 'smoke', '--out', str(tmp_path/'r'), '--quiet',
+    out = tmp_path/'reports'
+    res = run_cli('reproduce', '--preset', 'smoke', '--out', str(out), '--quiet',
                   '--set', 'dataset=market1501', f'data_root={missing}')
-    assert res.returncode == 1
-    assert 'bounding_box_train' in res.stderr, res.stderr
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert 'bounding_box_train' in res.stderr, res.stderr          # the missing folder is named
+    assert not (out/'runs'/'baseline').exists() and not (out/'index.html').exists()
+    assert (out/'failed'/'baseline.ipynb').exists()               # kept for debugging
+    assert not leftovers(out)
 
 
 def test_bad_cli_input():
@@ -67,3 +71,7 @@ def test_bad_cli_input():
     assert res.returncode == 2 and "Valid choices: 'smoke', 'cpu', 'paper'" in res.stderr
     res = run_cli('reproduce', '--set', 'epochs=many')
     assert res.returncode == 2 and "expects an integer" in res.stderr
+    res = run_cli('reproduce', '--set', 'name=mine')
+    assert res.returncode == 2 and "drop 'name'" in res.stderr
+    res = run_cli('reproduce', '--only')
+    assert res.returncode == 2 and 'expected at least one argument' in res.stderr
