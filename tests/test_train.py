@@ -1,5 +1,6 @@
 "Learner, skipped validation, ReID evaluation history, schedules and checkpoint resume of reid_nb.train."
 import json
+from dataclasses import replace
 import numpy as np
 import pytest
 import torch
@@ -139,6 +140,37 @@ def test_checkpoint_resume_continues_at_the_right_epoch(tmp_path):
     again, *_ = _learner(cbs=EpochsTrained())
     fit_reid(again, CFG, epochs=5, ckpt_dir=tmp_path)
     assert again.epochs_trained.trained == []
+
+
+def test_resume_refuses_a_checkpoint_of_another_configuration(tmp_path):
+    learn, *_ = _learner()
+    fit_reid(learn, CFG, epochs=2, ckpt_dir=tmp_path)
+    changed = replace(CFG, lr=0.1, triplet_weight=2.0, dataset='market1501', name='other')
+    other, *_ = _learner(cfg=changed, cbs=EpochsTrained())
+    with pytest.raises(ValueError) as e: fit_reid(other, changed, epochs=3, ckpt_dir=tmp_path)
+    msg = str(e.value)
+    for part in ("dataset: 'synthreid' in the checkpoint, 'market1501' now", "lr: 0.003 in the checkpoint, 0.1 now",
+                 "triplet_weight: 1.0 in the checkpoint, 2.0 now", str(tmp_path), 'another ckpt_dir', 'resume=False'):
+        assert part in msg, (part, msg)
+    assert 'name:' not in msg  # the run's name may change
+    assert other.epochs_trained.trained == []
+    # another backbone: explained, not a bare state_dict mismatch from PyTorch
+    resnet18 = replace(CFG, backbone='resnet18')
+    with pytest.raises(ValueError, match="backbone: 'resnet_mini' in the checkpoint, 'resnet18' now"):
+        fit_reid(_learner(cfg=resnet18)[0], resnet18, epochs=3, ckpt_dir=tmp_path)
+    # resume=False trains the new configuration from scratch (and says it overwrites)
+    with pytest.warns(UserWarning, match='resume=False'): fit_reid(other, changed, epochs=1, ckpt_dir=tmp_path, resume=False)
+    assert other.epochs_trained.trained == [0]
+    assert json.loads((tmp_path / 'checkpoint.json').read_text())['config']['lr'] == 0.1
+
+
+def test_resume_accepts_changed_name_epochs_device_and_workers(tmp_path):
+    learn, *_ = _learner()
+    fit_reid(learn, CFG, epochs=2, ckpt_dir=tmp_path)
+    again, *_ = _learner(cbs=EpochsTrained())  # built on the CPU; the configuration then names another device
+    longer = again.reid_cfg = replace(CFG, name='longer', epochs=4, num_workers=2, device=None)
+    with pytest.warns(UserWarning, match='planned for 2 epochs with 4'): fit_reid(again, longer, ckpt_dir=tmp_path)
+    assert again.epochs_trained.trained == [2, 3]
 
 
 def test_plot_training_curves_from_learner_and_checkpoint(tmp_path):
