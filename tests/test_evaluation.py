@@ -8,12 +8,13 @@ from hypothesis import given, settings, strategies as st, HealthCheck
 from torch.utils.data import DataLoader, TensorDataset
 
 from reid_nb.evaluation import (extract_features, euclidean_distance, evaluate_ranking, chance_level,
-                                protocol_keep, ranked_gallery, plot_cmc, plot_ranked_list)
+                                protocol_keep, ranked_gallery, plot_cmc, plot_ranked_list, pool_features,
+                                evaluate_single_gallery_shot, single_gallery_shot_picks, mean_over_splits)
 
 
-def brute_force(distmat, q_pids, g_pids, q_camids, g_camids, max_rank):
+def brute_force(distmat, q_pids, g_pids, q_camids, g_camids, max_rank, with_trapezoid=False):
     "Per-query python loops: stable argsort, drop same-id-same-cam and junk, cumulative hits, AP = mean precision at hits."
-    cmcs, aps, inps, skipped = [], [], [], 0
+    cmcs, aps, inps, skipped, traps = [], [], [], 0, []
     for i in range(distmat.shape[0]):
         order = np.argsort(distmat[i], kind='stable')
         kept = [j for j in order if g_pids[j] != -1 and not (g_pids[j] == q_pids[i] and g_camids[j] == q_camids[i])]
@@ -25,8 +26,24 @@ def brute_force(distmat, q_pids, g_pids, q_camids, g_camids, max_rank):
         for rank, h in enumerate(hits, 1):
             if h: n_hit += 1; precs.append(n_hit / rank); last = rank
         aps.append(sum(precs) / len(precs)); inps.append(n_hit / last)
-    if not aps: return None, None, None, 0, skipped
-    return np.mean(cmcs, 0), np.mean(aps), np.mean(inps), len(aps), skipped
+        traps.append(market_trapezoid_ap(hits))
+    if not aps: return (None, None, None, 0, skipped) + ((None,) if with_trapezoid else ())
+    return (np.mean(cmcs, 0), np.mean(aps), np.mean(inps), len(aps), skipped) + ((np.mean(traps),) if with_trapezoid else ())
+
+
+def market_trapezoid_ap(hits):
+    "The official Market-1501 MATLAB compute_AP, line by line (junk already removed from `hits`)."
+    ngood = sum(hits)
+    old_recall, old_precision, ap, intersect_size, j, good_now = 0., 1., 0., 0, 0, 0
+    for h in hits:
+        if h: good_now += 1; intersect_size += 1
+        recall = intersect_size / ngood
+        precision = intersect_size / (j + 1)
+        ap += (recall - old_recall) * ((old_precision + precision) / 2)
+        old_recall, old_precision = recall, precision
+        j += 1
+        if good_now == ngood: return ap
+    return ap
 
 
 def random_problem(rng, Q, G, n_ids, n_cams, ties):
@@ -44,18 +61,65 @@ def test_matches_brute_force(seed):
     n_cams = 1 if seed == 0 else int(rng.integers(2, 5))  # one camera: every query is skipped → error
     args = random_problem(rng, Q, G, n_ids=int(rng.integers(1, 8)), n_cams=n_cams, ties=seed % 2 == 0)
     max_rank = int(rng.integers(1, 80))  # sometimes beyond the gallery size
-    cmc, mAP, mINP, n_valid, n_skip = brute_force(*args, max_rank)
+    cmc, mAP, mINP, n_valid, n_skip, trap = brute_force(*args, max_rank, with_trapezoid=True)
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
         if n_valid == 0:
             with pytest.raises(ValueError, match='None of the'): evaluate_ranking(*args, max_rank=max_rank)
             return
-        res = evaluate_ranking(*args, max_rank=max_rank, chunk_size=int(rng.integers(1, 8)))
-    assert res['cmc'].shape == (max_rank,)
-    np.testing.assert_allclose(res['cmc'], cmc, atol=1e-12)
-    assert res['rank1'] == pytest.approx(cmc[0])
-    assert res['mAP'] == pytest.approx(mAP, abs=1e-12) and res['mINP'] == pytest.approx(mINP, abs=1e-12)
-    assert (res['num_valid_queries'], res['num_skipped_queries']) == (n_valid, n_skip)
+        # both ranking paths: candidates only (max_candidates=1) and whole-row sort (max_candidates=0)
+        for mc in [1.0, 0.0, 0.5]:
+            res = evaluate_ranking(*args, max_rank=max_rank, chunk_size=int(rng.integers(1, 8)), max_candidates=mc)
+            assert res['cmc'].shape == (max_rank,)
+            np.testing.assert_allclose(res['cmc'], cmc, atol=1e-12)
+            assert res['rank1'] == pytest.approx(cmc[0])
+            assert res['mAP'] == pytest.approx(mAP, abs=1e-12) and res['mINP'] == pytest.approx(mINP, abs=1e-12)
+            assert res['mAP_trapezoid'] == pytest.approx(trap, abs=1e-12)
+            assert (res['num_valid_queries'], res['num_skipped_queries']) == (n_valid, n_skip)
+
+
+@pytest.mark.parametrize('dtype', [np.float32, np.float64, np.float16])
+def test_structured_problem_all_paths_and_dtypes(dtype):
+    "Clustered distances (a good model: few candidates per query), distractors and junk, in several float types."
+    rng = np.random.default_rng(3)
+    Q, G, n_ids = 60, 400, 30
+    q_pids, g_pids = rng.integers(1, n_ids + 1, Q), rng.integers(-1, n_ids + 1, G)
+    q_camids, g_camids = rng.integers(0, 4, Q), rng.integers(0, 4, G)
+    distmat = (np.where(q_pids[:, None] == g_pids[None], 0.0, 1.0) + rng.random((Q, G)) * 1.2).astype(dtype)
+    distmat[0, :5] = distmat[0, 5]  # a few exact ties
+    ref = brute_force(distmat, q_pids, g_pids, q_camids, g_camids, 50, with_trapezoid=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        for mc in [1.0, 0.0]:
+            res = evaluate_ranking(distmat, q_pids, g_pids, q_camids, g_camids, chunk_size=16, max_candidates=mc)
+            np.testing.assert_allclose(res['cmc'], ref[0], atol=1e-12)
+            assert (res['mAP'], res['mINP'], res['mAP_trapezoid']) == pytest.approx((ref[1], ref[2], ref[5]), abs=1e-12)
+    assert 0.3 < res['mAP'] < 1 and res['mAP_trapezoid'] < res['mAP']
+
+
+def test_signed_zero_and_negative_distances_tie_rule():
+    "Negative 'distances' (e.g. negated similarities) and -0.0 == 0.0 ties are ranked like the brute force."
+    d = np.array([[0.0, -0.0, -1.5, 2.0, -0.0], [-0.0, 0.0, 0.0, -2.0, -3.0]], dtype=np.float32)
+    args = (d, [1, 2], [2, 1, 3, 1, 2], [0, 0], [1, 1, 1, 1, 1])
+    ref = brute_force(*args, 5, with_trapezoid=True)
+    for mc in [1.0, 0.0]:
+        res = evaluate_ranking(*args, max_rank=5, max_candidates=mc)
+        np.testing.assert_allclose(res['cmc'], ref[0]); assert res['mAP'] == pytest.approx(ref[1])
+
+
+def test_identity_absent_from_gallery_is_skipped_and_reported():
+    distmat = np.array([[0.1, 0.2], [0.3, 0.1], [0.2, 0.2]])
+    with pytest.warns(UserWarning, match='2 of 3 queries have no valid match'):
+        res = evaluate_ranking(distmat, [1, 9, 8], [1, 2], [0, 0, 0], [1, 1])
+    assert res['skipped_queries'].tolist() == [1, 2] and res['num_valid_queries'] == 1 and res['rank1'] == 1.0
+
+
+def test_trapezoid_ap_hand_value():
+    "Hits at ranks 2, 3, 6 (the chapter's worked example)."
+    res = evaluate_ranking([[1., 2., 3., 4., 5., 6.]], [1], [2, 1, 1, 3, 4, 1], [0], [1] * 6, max_rank=6)
+    assert res['mAP'] == pytest.approx((1/2 + 2/3 + 3/6) / 3)
+    assert res['mAP_trapezoid'] == pytest.approx(((0 + 1/2) / 2 + (1/2 + 2/3) / 2 + (2/5 + 3/6) / 2) / 3)
+    assert res['mAP_trapezoid'] == pytest.approx(market_trapezoid_ap([0, 1, 1, 0, 0, 1]))
 
 
 def test_brute_force_larger_with_ties_and_torch_inputs():
@@ -117,6 +181,7 @@ def test_gallery_permutation_invariance(seed, Q, G):
         a = evaluate_ranking(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=10)
         b = evaluate_ranking(distmat[:, perm], q_pids, g_pids[perm], q_camids, g_camids[perm], max_rank=10)
     np.testing.assert_allclose(a['cmc'], b['cmc']); assert a['mAP'] == pytest.approx(b['mAP']) and a['mINP'] == pytest.approx(b['mINP'])
+    assert a['mAP_trapezoid'] == pytest.approx(b['mAP_trapezoid'])
 
 
 @settings(max_examples=40, deadline=None)
@@ -135,6 +200,7 @@ def test_perfect_distance_scores_one(seed, Q, G):
             return
         res = evaluate_ranking(distmat, q_pids, g_pids, q_camids, g_camids)
     assert res['rank1'] == 1.0 and res['mAP'] == pytest.approx(1.0) and res['mINP'] == pytest.approx(1.0)
+    assert res['mAP_trapezoid'] == pytest.approx(1.0)
     assert (res['cmc'] == 1.0).all()
 
 
@@ -240,3 +306,80 @@ def test_ranked_gallery_and_figures(tmp_path):
         plot_ranked_list(paths[:2], paths[3:], distmat, q_pids, g_pids, q_camids, g_camids)
     fig = plot_cmc({'a': np.linspace(0.2, 1, 10), 'b': {'cmc': np.ones(10), 'mAP': 0.5}})
     assert len(fig.axes[0].lines) == 2 and 'mAP 50.0%' in fig.axes[0].get_legend().get_texts()[1].get_text()
+
+
+def test_pool_features_against_loops():
+    rng = np.random.default_rng(0)
+    feats, groups = rng.normal(size=(30, 5)), rng.permutation(np.arange(30) % 7)
+    mean, mx = pool_features(feats, groups), pool_features(feats, groups, how='max')
+    for k in range(7):
+        np.testing.assert_allclose(mean[k].numpy(), feats[groups == k].mean(0), atol=1e-12)
+        np.testing.assert_allclose(mx[k].numpy(), feats[groups == k].max(0))
+    with pytest.raises(ValueError, match='1 of 8 queries have no image to pool'): pool_features(feats, groups, n_queries=8)
+    with pytest.raises(ValueError, match='one group index per row'): pool_features(feats, groups[:5])
+    with pytest.raises(ValueError, match=r'lie in \[0, 3\)'): pool_features(feats, groups, n_queries=3)
+
+
+def test_multi_query_through_evaluate_ranking():
+    "Pooled query features are evaluated like single queries; pooling several noisy views helps."
+    rng = np.random.default_rng(1)
+    centres = rng.normal(size=(20, 16))
+    g_pids = np.repeat(np.arange(20), 4); g_camids = np.tile([1, 2, 3, 4], 20)
+    gf = centres[g_pids] + rng.normal(size=(80, 16)) * 1.5
+    q_pids, q_camids = np.arange(20), np.zeros(20, int)
+    views = np.repeat(np.arange(20), 5)
+    mq = centres[views] + rng.normal(size=(100, 16)) * 1.5
+    single = evaluate_ranking(euclidean_distance(mq[::5], gf), q_pids, g_pids, q_camids, g_camids)
+    multi = evaluate_ranking(euclidean_distance(pool_features(mq, views), gf), q_pids, g_pids, q_camids, g_camids)
+    assert multi['mAP'] > single['mAP']
+
+
+def sgs_brute_force(distmat, q_pids, g_pids, q_camids, g_camids, repeats, seed, max_rank):
+    "Loop version: the same picks, then each query ranked among the picked images with the stable tie rule."
+    ids = np.unique(g_pids)
+    cmc, n = np.zeros(max_rank), 0
+    for i in range(len(q_pids)):
+        picks = single_gallery_shot_picks(g_pids, g_camids, int(q_camids[i]), repeats, seed).numpy()
+        if q_pids[i] not in ids or q_pids[i] == -1: continue
+        col = list(ids).index(q_pids[i])
+        if picks[0, col] < 0: continue
+        n += 1
+        for p in picks:
+            chosen = [j for j in p if j >= 0]
+            order = sorted(chosen, key=lambda j: (distmat[i, j], j))
+            r = order.index(p[col])
+            cmc += np.arange(max_rank) >= r
+    return cmc / (n * repeats), n
+
+
+@pytest.mark.parametrize('seed', range(6))
+def test_single_gallery_shot_matches_brute_force(seed):
+    rng = np.random.default_rng(seed)
+    n_ids = int(rng.integers(3, 12))
+    g_pids = np.concatenate([rng.integers(1, n_ids + 1, 40), [-1, -1]]); g_camids = rng.integers(0, 2, 42)
+    q_pids, q_camids = rng.integers(1, n_ids + 3, 15), rng.integers(0, 2, 15)  # some identities absent
+    distmat = rng.integers(0, 5, (15, 42)).astype(float) if seed % 2 else rng.random((15, 42))
+    cmc, n = sgs_brute_force(distmat, q_pids, g_pids, q_camids, g_camids, 5, seed, 10)
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        if n == 0:
+            with pytest.raises(ValueError): evaluate_single_gallery_shot(distmat, q_pids, g_pids, q_camids, g_camids, 5, seed, 10)
+            return
+        res = evaluate_single_gallery_shot(distmat, q_pids, g_pids, q_camids, g_camids, repeats=5, seed=seed, max_rank=10)
+    np.testing.assert_allclose(res['cmc'], cmc, atol=1e-12)
+    assert res['num_valid_queries'] == n and res['num_skipped_queries'] == 15 - n
+
+
+def test_single_gallery_shot_seeded_and_averaged():
+    rng = np.random.default_rng(0)
+    g_pids, g_camids = np.repeat(np.arange(1, 31), 6), np.tile([0, 0, 0, 1, 1, 1], 30)
+    q_pids, q_camids = np.arange(1, 31), np.zeros(30, int)
+    distmat = rng.random((30, 180))
+    a = evaluate_single_gallery_shot(distmat, q_pids, g_pids, q_camids, g_camids, seed=1)
+    b = evaluate_single_gallery_shot(distmat, q_pids, g_pids, q_camids, g_camids, seed=1)
+    c = evaluate_single_gallery_shot(distmat, q_pids, g_pids, q_camids, g_camids, seed=2)
+    assert np.array_equal(a['cmc'], b['cmc']) and not np.array_equal(a['cmc'], c['cmc'])
+    # a random ranking among 30 single shots: expected rank-1 = 1/30
+    assert a['rank1'] == pytest.approx(1 / 30, abs=0.05)
+    m = mean_over_splits([a, c])
+    np.testing.assert_allclose(m['cmc'], (a['cmc'] + c['cmc']) / 2); assert m['num_splits'] == 2
