@@ -383,3 +383,61 @@ def test_single_gallery_shot_seeded_and_averaged():
     assert a['rank1'] == pytest.approx(1 / 30, abs=0.05)
     m = mean_over_splits([a, c])
     np.testing.assert_allclose(m['cmc'], (a['cmc'] + c['cmc']) / 2); assert m['num_splits'] == 2
+
+
+@pytest.mark.parametrize('case', range(4))
+def test_single_gallery_shot_picks_property(case):
+    """Independent of the library's sampler: one eligible pick per identity (camid != camera, pid != -1), -1 where the
+    identity has none, and over many seeds every eligible image of an identity is picked with frequency ≈ 1/n_eligible."""
+    from scipy.stats import chi2
+    rng = np.random.default_rng(100 + case)
+    n_g = int(rng.integers(20, 60))
+    g_pids = rng.integers(1, int(rng.integers(3, 10)), n_g); g_pids[rng.random(n_g) < 0.1] = -1
+    g_camids = rng.integers(0, int(rng.integers(2, 4)), n_g)
+    camera = int(g_camids[0])
+    ids = np.unique(g_pids)
+    eligible = [np.flatnonzero((g_pids == pid) & (g_camids != camera) & (pid != -1)) for pid in ids]
+    counts = [dict.fromkeys(e.tolist(), 0) for e in eligible]
+    n_seeds, repeats = 300, 4
+    for seed in range(n_seeds):
+        picks = single_gallery_shot_picks(g_pids, g_camids, camera, repeats=repeats, seed=seed).numpy()
+        assert picks.shape == (repeats, len(ids))
+        for col, e in enumerate(eligible):
+            if len(e) == 0:
+                assert (picks[:, col] == -1).all()
+                continue
+            for p in picks[:, col]:
+                assert p in counts[col]  # the identity's own image, another camera, not junk
+                counts[col][p] += 1
+    total = n_seeds * repeats
+    for c in counts:
+        if len(c) < 2: continue
+        obs = np.array(list(c.values()), dtype=float)
+        exp = total / len(c)
+        stat = ((obs - exp) ** 2 / exp).sum()
+        assert stat < chi2.ppf(0.9999, len(c) - 1), (obs, exp)  # uniform among the eligible images
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
+def test_single_gallery_shot_on_cuda():
+    rng = np.random.default_rng(0)
+    g_pids, g_camids = rng.integers(1, 8, 50), rng.integers(0, 3, 50)
+    q_pids, q_camids = rng.integers(1, 8, 10), rng.integers(0, 3, 10)
+    distmat = rng.random((10, 50))
+    cpu = single_gallery_shot_picks(g_pids, g_camids, 1, repeats=5, seed=3)
+    gpu = single_gallery_shot_picks(torch.tensor(g_pids).cuda(), torch.tensor(g_camids).cuda(), 1, repeats=5, seed=3)
+    assert torch.equal(cpu, gpu.cpu())
+    a = evaluate_single_gallery_shot(distmat, q_pids, g_pids, q_camids, g_camids, repeats=5, seed=3, max_rank=5)
+    b = evaluate_single_gallery_shot(*[torch.tensor(x).cuda() for x in (distmat, q_pids, g_pids, q_camids, g_camids)],
+                                     repeats=5, seed=3, max_rank=5)
+    np.testing.assert_allclose(a['cmc'], b['cmc'])
+
+
+def test_load_image_uses_the_pipeline_reader(tmp_path):
+    "Paths go through `reid_nb.data.pipeline.read_image`: RGB arrays, and a missing file names itself."
+    from PIL import Image
+    from reid_nb.evaluation import _load_image
+    Image.fromarray(np.full((4, 3), 7, np.uint8), 'L').save(tmp_path / 'a.png')
+    a = _load_image(tmp_path / 'a.png')
+    assert a.shape == (4, 3, 3) and (a == 7).all()
+    with pytest.raises(FileNotFoundError, match='b.png'): _load_image(str(tmp_path / 'b.png'))

@@ -85,6 +85,23 @@ def test_matches_reference_from_distances(seed, k1, k2, lam, n_ids, per_id, Q):
     np.testing.assert_allclose(ours.numpy(), ref, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize('seed, k1, k2, lam, n_ids, per_id, Q', [
+    (8, 3, 6, 0.3, 10, 6, 15),       # k2 > k1 + 1: expansion needs more neighbours than the reciprocal sets
+    (9, 2, 8, 0.3, 8, 5, 10),        # k2 ≫ k1 + 1
+    (10, 20, 6, 0.3, 1, 5, 2),       # tiny N = 5 < k2 < k1 + 1: every table holds all N images
+    (11, 2, 6, 0.5, 2, 2, 1),        # k1 + 1 < N = 4 < k2
+    (12, 1, 3, 0.3, 1, 2, 1),        # N = 2
+])
+def test_matches_reference_large_k2_and_tiny_n(seed, k1, k2, lam, n_ids, per_id, Q):
+    "Regression: neighbours were computed to k1 + 1 only, so k2 > k1 + 1 (or N < k2) averaged the wrong rows."
+    qf, gf = clustered(seed, n_ids, per_id, 16, 0.7, Q)
+    ref = reference_re_ranking(*blocks(qf, gf), k1, k2, lam)
+    np.testing.assert_allclose(re_ranking_distances(*blocks(qf, gf), k1, k2, lam, chunk_size=3).numpy(), ref, atol=1e-5, rtol=0)
+    for chunk in [None, 3]:
+        np.testing.assert_allclose(re_ranking(qf, gf, k1, k2, lam, chunk_size=chunk, dtype=torch.float64).numpy(), ref,
+                                   atol=1e-5, rtol=0)
+
+
 def test_matches_reference_from_features():
     qf, gf = clustered(5, 40, 7, 32, 0.8, 50)
     ref = reference_re_ranking(*blocks(qf, gf))
