@@ -1,5 +1,5 @@
 """Masking backends, bad-input fallbacks and the resumable mask store (reid_nb.masking)."""
-import json, warnings
+import copy, json, shutil, warnings
 from pathlib import Path
 import numpy as np
 import pytest
@@ -11,7 +11,7 @@ from reid_nb.data.market import Record
 from reid_nb.masking import (ISSUES, MaskResult, GroundTruthMasker, TorchvisionMasker, Detectron2Masker, MaskStore,
                              detections_from_torchvision, detections_from_detectron2, combine_detections, detectron2_inputs,
                              extract_masks, mask_summary, light_mra_model, native_size, select_pedestrian, item_key,
-                             import_detectron2)
+                             import_detectron2, Masker, fallback_result, state_dict_digest)
 
 torch.set_num_threads(1)
 H, W = 128, 64
@@ -180,6 +180,18 @@ def test_keys_name_weights_and_settings(light):
     assert 'random-seed0' in light.key
 
 
+def test_unnamed_weights_are_keyed_by_their_state_dict(light):
+    "Two fine-tuned models with the same settings but no weights name must not share a store folder."
+    m = light.mask_model
+    a = TorchvisionMasker(m)
+    assert a.weights == f'state-{state_dict_digest(m)}' and 'state-' in a.key
+    assert TorchvisionMasker(m).key == a.key                                  # same weights, same key
+    tuned = copy.deepcopy(m)
+    with torch.no_grad(): next(tuned.parameters()).add_(0.01)
+    assert TorchvisionMasker(tuned).key != a.key                              # other weights, other key
+    assert TorchvisionMasker(tuned, None, 'random-seed0').key == light.key    # an explicit name still wins
+
+
 class Recorder(nn.Module):
     "A fake torchvision detection model that records its inputs and finds nobody."
     def __init__(self):
@@ -233,6 +245,27 @@ def test_groundtruth_masker_matches_annotations(synth, paths):
     with pytest.raises(ValueError, match='paths'): GroundTruthMasker()([read_image(paths[0])])
 
 
+def test_groundtruth_masker_on_synthreid_cuhk03_cache():
+    "SynthReID-CUHK03 crops are read from the extraction cache (images_labeled/), outside the annotated root."
+    from reid_nb.data.synth_layouts import generate_synthreid_cuhk03
+    from reid_nb.data.cuhk03 import read_cuhk03
+    from reid_nb.data.synth import load_part_map
+    root = generate_synthreid_cuhk03(size='smoke', seed=0, progress=False)
+    ds = read_cuhk03(root, variant='labeled', name='synthreid-cuhk03', progress=False)
+    ps = [r.path for r in ds.query[:3]]
+    assert ps[0].parent.name == 'images_labeled' and root not in ps[0].parents
+    with pytest.raises(FileNotFoundError) as e: GroundTruthMasker()(None, ps)
+    assert str(ps[0]) in str(e.value) and 'annotations=' in str(e.value)
+    res = GroundTruthMasker(annotations=root)(None, ps)
+    ann = json.loads((root/'annotations'/'labeled.json').read_text())
+    for p, r in zip(ps, res):
+        np.testing.assert_array_equal(r.mask, load_part_map(root, 'labeled', p.stem) > 0)
+        np.testing.assert_array_equal(r.keypoints[:, :2], np.asarray(ann[p.stem]['keypoints'], np.float32)[:, :2])
+    det = GroundTruthMasker(annotations=root, folders={'images_labeled': 'detected'})(None, ps[:1])[0]   # explicit mapping
+    np.testing.assert_array_equal(det.mask, load_part_map(root, 'detected', ps[0].stem) > 0)
+    with pytest.raises(KeyError, match='no entry'): GroundTruthMasker(annotations=root)(None, [ps[0].with_name('9_999_1_01.png')])
+
+
 # ---- the store -----------------------------------------------------------------------------------------------------
 class Stop(Exception): pass
 
@@ -278,6 +311,31 @@ def test_store_never_mixes_sources(paths, light, tmp_path):
     with pytest.raises(ValueError, match='never mix'): extract_masks(light, paths[:3], 'synth', tmp_path/'s', progress=False)
     s = extract_masks(GroundTruthMasker(), paths[:3], 'synth', progress=False)     # default root: one folder per key
     assert s.root.parent.name == 'synth' and s.root.name == GroundTruthMasker().key
+
+
+class Whole(Masker):
+    "A cheap masker: the whole-crop fallback for every image."
+    backend = 'whole'
+    def identity(self): return dict(backend=self.backend, weights='none')
+    def predict(self, images, paths=None): return [fallback_result(*np.asarray(im).shape[:2]) for im in images]
+
+
+def test_store_refuses_other_images_under_the_same_keys(paths, tmp_path):
+    "A second dataset read under the same name (another root, seed or size) has the same <folder>/<stem> keys."
+    first, other, copy_ = (tmp_path/n/'query' for n in ('first', 'other', 'copy'))
+    for d in (first, other, copy_): d.mkdir(parents=True)
+    for p, q in zip(paths[:3], paths[3:6]):
+        shutil.copy(p, first/p.name); shutil.copy(p, copy_/p.name); shutil.copy(q, other/p.name)   # other: same names, other pixels
+    names = [p.name for p in paths[:3]]
+    m = Whole()
+    extract_masks(m, [first/n for n in names], 'dup', progress=False)                 # default root: masks/dup/<key>
+    with pytest.raises(ValueError, match='another dataset name') as e:
+        extract_masks(m, [other/n for n in names], 'dup', progress=False)
+    assert f'query/{paths[0].stem}' in str(e.value) and 'found' in str(e.value)
+    seen = []
+    s = extract_masks(m, [copy_/n for n in names], 'dup', progress=False, on_batch=seen.append)
+    assert seen == [] and len(s) == 3                                                  # the same images elsewhere: reused
+    assert len(extract_masks(m, [other/n for n in names], 'dup-other', progress=False)) == 3   # another name: fine
 
 
 def test_store_errors_and_extras(paths, tmp_path):

@@ -84,6 +84,22 @@ def test_low_visibility_fallbacks():
     assert summ == dict(splits=2, no_fallback=1, shoulders_tilt=1, hips_tilt=1)
 
 
+def test_coincident_keypoints_give_a_finite_horizontal_line():
+    "Keypoint R-CNN quantises keypoints to a 56x56 grid: both shoulders (or hips) can land on the same point."
+    m = person()                                         # rows 10..119, columns 16..47
+    k = kps((31, 30), (31, 30), (20, 70), (44, 70))
+    line = body_line(k, SHOULDERS, m, SHOULDER_FRAC)
+    assert line == CutLine(31, 30, 0.0, 'coincident') and np.isfinite(line.y_at(np.arange(64))).all()
+    s = region_masks(m, k)
+    assert s.fallbacks == ('shoulders_coincident',)
+    assert s.areas() == dict(head=20*32, upper=40*32, lower=50*32)       # not every pixel "head"
+    s = region_masks(m, kps((16, 30), (47, 30), (30, 70), (30, 70)))     # coincident hips
+    assert s.fallbacks == ('hips_coincident',) and s.areas()['lower'] == 50*32
+    assert region_summary([s])['hips_coincident'] == 1
+    nan = kps((np.nan, 30), (47, 30), (20, 70), (44, 70))                # a non-finite keypoint is unusable
+    assert region_masks(m, nan).lines['shoulders'] == CutLine(47, 30, 0.0, 'one_keypoint')
+
+
 def test_bad_inputs_do_not_crash():
     empty = np.zeros((128, 64), bool)
     s = region_masks(empty, np.zeros((17, 3)))
