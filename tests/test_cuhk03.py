@@ -5,7 +5,7 @@ import numpy as np, pytest
 from reid_nb.data.market import CountMismatchWarning
 from reid_nb.data.cuhk03 import (read_cuhk03, extract_cuhk03, write_cuhk03_mat, write_new_protocol_config, load_new_protocol,
                                  open_cuhk03_mat, cuhk03_persons, cuhk03_testsets, cuhk03_image_name, CUHK03_DEFAULT,
-                                 NEW_PROTOCOL_CONFIG)
+                                 NEW_PROTOCOL_CONFIG, EXTRACT_VERSION, mat_fingerprint)
 
 PERSONS = (843, 440, 77, 58, 49)                     # the real camera pairs: 1,467 identities
 NEW = dict(labeled=dict(train=7368, query=1400, gallery=5328), detected=dict(train=7365, query=1400, gallery=5332))
@@ -89,7 +89,7 @@ def test_new_protocol_bad_inputs(tmp_path):
     with pytest.raises(ValueError, match=r'gallery_idx holds 1 index\(es\) outside 1..1'): load_new_protocol(root/'broken.mat')
     from scipy.io import savemat
     savemat(root/'keys.mat', dict(labels=np.ones((3, 1)), filelist=np.array([['a']], dtype=object)))
-    with pytest.raises(ValueError, match="has no camId, train_idx, query_idx, gallery_idx") as e: load_new_protocol(root/'keys.mat')
+    with pytest.raises(ValueError, match="has no train_idx, query_idx, gallery_idx") as e: load_new_protocol(root/'keys.mat')
     assert "found ['filelist', 'labels']" in str(e.value)
 
 # ---------------------------------------------------------------- classic protocol, from a cuhk-03.mat shaped like the real one
@@ -162,3 +162,62 @@ def test_classic_bad_inputs(classic, tmp_path):
     with pytest.raises(FileNotFoundError, match='images_labeled/ nor cuhk-03.mat'):
         write_new_protocol_config(tmp_path/'c'/NEW_PROTOCOL_CONFIG.format(variant='labeled'), ['1_001_1_01.png'], [1], [1], [0], [], [])
         read_cuhk03(tmp_path/'c', 'labeled')
+
+
+# ---------------------------------------------------------------- the extraction cache: cache_dir is a parent folder
+def _tiny_mat(path:Path, shade:int=0) -> Path:
+    "One camera pair, two persons, one image per view; `shade` makes a different file."
+    images = {v: [[[np.full((4, 2, 3), (shade, p, k), np.uint8) if k in (0, 5) else None for k in range(10)] for p in (1, 2)]]
+              for v in ('labeled', 'detected')}
+    return write_cuhk03_mat(path, images, [np.array([[1, 1]])])
+
+def test_cache_dir_is_a_parent_shared_by_several_mats(tmp_path):
+    cache = tmp_path/'cache'; cache.mkdir(); (cache/'other.txt').write_text('keep me')   # an existing, used folder
+    a, b = _tiny_mat(tmp_path/'a'/'cuhk-03.mat'), _tiny_mat(tmp_path/'b'/'cuhk-03.mat', shade=9)
+    out_a, out_b = extract_cuhk03(a, cache, progress=False), extract_cuhk03(b, cache, progress=False)
+    assert out_a == cache/'cuhk03-images'/mat_fingerprint(a) and out_b == cache/'cuhk03-images'/mat_fingerprint(b)
+    assert out_a != out_b and len(list((out_a/'images_labeled').iterdir())) == 4
+    assert extract_cuhk03(a, cache, progress=False) == out_a                  # reused, both still there
+    # overwrite re-extracts this file's folder only
+    (out_a/'stray.txt').write_text('x')
+    assert extract_cuhk03(a, cache, progress=False, overwrite=True) == out_a
+    assert not (out_a/'stray.txt').exists() and (out_b/'cuhk03_extracted.json').is_file()
+    assert (cache/'other.txt').read_text() == 'keep me'
+    # read_cuhk03 with the same cache_dir for both files
+    for root in (tmp_path/'a', tmp_path/'b'):
+        ds = read_cuhk03(root, 'labeled', protocol='classic', cache_dir=cache, progress=False)
+        assert Path(ds.protocol['images']).parent.parent == cache/'cuhk03-images' and len(ds.query) == 2
+    with pytest.raises(NotADirectoryError, match='is a file'): extract_cuhk03(a, cache/'other.txt', progress=False)
+
+def test_other_extract_version_or_damaged_marker_re_extracts(tmp_path):
+    mat = _tiny_mat(tmp_path/'cuhk-03.mat')
+    out = extract_cuhk03(mat, tmp_path/'cache', progress=False)
+    marker = out/'cuhk03_extracted.json'
+    m = json.loads(marker.read_text()); assert m['version'] == EXTRACT_VERSION
+    m['version'] = EXTRACT_VERSION - 1; marker.write_text(json.dumps(m))
+    (out/'images_labeled'/'1_001_1_01.png').unlink()                           # an older extraction, different content
+    assert extract_cuhk03(mat, tmp_path/'cache', progress=False) == out
+    assert json.loads(marker.read_text())['version'] == EXTRACT_VERSION and (out/'images_labeled'/'1_001_1_01.png').is_file()
+    marker.write_text('{not json')
+    assert extract_cuhk03(mat, tmp_path/'cache', progress=False) == out
+    assert json.loads(marker.read_text())['fingerprint'] == mat_fingerprint(mat)
+
+def test_new_protocol_without_camid(tmp_path):
+    "camId is optional: cameras come from the file names (as torchreid)."
+    root = tmp_path/'cuhk03'; (root/'images_labeled').mkdir(parents=True)
+    names = [cuhk03_image_name(1, p, k) for p in (1, 2, 3) for k in (0, 5)]
+    for n in names: (root/'images_labeled'/n).write_bytes(b'')
+    cfg_path = write_new_protocol_config(root/NEW_PROTOCOL_CONFIG.format(variant='labeled'), names, [1, 1, 2, 2, 3, 3],
+                                         None, [0, 1], [2, 4], [3, 5])
+    from scipy.io import loadmat
+    assert 'camId' not in loadmat(cfg_path)
+    cfg = load_new_protocol(cfg_path)
+    assert cfg['camids'] is None and cfg['filelist'] == names and cfg['query_idx'].tolist() == [2, 4]
+    ds = read_cuhk03(root, 'labeled', check_counts=False, progress=False)
+    assert [r.camid for r in ds.query] == [0, 0] and [r.camid for r in ds.gallery] == [1, 1]
+    assert [r.camid for r in ds.train] == [0, 1] and ds.num_train_pids == 1
+    # with camId the values are returned as stored, and a wrong length is still an error
+    write_new_protocol_config(tmp_path/'c.mat', names, [1]*6, [1, 2]*3, [0], [1], [2])
+    assert load_new_protocol(tmp_path/'c.mat')['camids'].tolist() == [1, 2]*3
+    write_new_protocol_config(tmp_path/'d.mat', names, [1]*6, [1, 2], [0], [1], [2])
+    with pytest.raises(ValueError, match='camId has 2 entries, filelist 6'): load_new_protocol(tmp_path/'d.mat')

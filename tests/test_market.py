@@ -125,7 +125,17 @@ def test_multi_query_missing_group_warns(market):
     with pytest.warns(UserWarning, match='0006_c2s3_000101_01.jpg') as w:
         ds = read_market1501(market, check_counts=False)
     assert '1 of 2 queries' in str(w[0].message)
-    assert [len(g) for g in ds.mq_groups] == [2, 0] and not ds.has_multi_query
+    # one query without boxes does not turn multi-query off: that query falls back to its own image
+    assert [len(g) for g in ds.mq_groups] == [2, 0] and ds.has_multi_query and ds.protocol['multi_query']
+    recs, owner = ds.multi_query_items()
+    assert owner.tolist() == [0, 0, 1] and recs[2] == ds.query[1]
+    assert [r.split for r in recs] == ['gt_bbox', 'gt_bbox', 'query']
+
+def test_no_multi_query_when_every_group_is_empty(market):
+    for f in (market/'gt_bbox').glob('000[56]_*'): f.unlink()
+    _write(market/'gt_bbox', [_name(7, 1, 1, 301, 0)])                 # an id without a query
+    with pytest.warns(UserWarning, match='2 of 2 queries'): ds = read_market1501(market, check_counts=False)
+    assert [len(g) for g in ds.mq_groups] == [0, 0] and not ds.has_multi_query and not ds.protocol['multi_query']
 
 def _touch(folder:Path, names):
     folder.mkdir(parents=True, exist_ok=True)

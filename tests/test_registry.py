@@ -75,8 +75,8 @@ def test_experiment_path_on_each_analog(analogs, name):
     from reid_nb.data.pipeline import build_dataloaders, eval_dataloader, SamplerEpoch
     from reid_nb.model import build_model
     from reid_nb.train import reid_learner
-    from reid_nb.evaluation import (extract_features, euclidean_distance, evaluate_ranking, evaluate_single_gallery_shot,
-                                    pool_features)
+    from reid_nb.evaluation import extract_features, euclidean_distance, pool_features
+    from reid_nb.experiment import evaluate_protocol
     ds = analogs[name]
     cfg = get_preset('smoke', dataset=name.replace('-classic', ''), height=64, width=32, P=4, K=2, epochs=1, device='cpu')
     seed_everything(0)
@@ -96,13 +96,10 @@ def test_experiment_path_on_each_analog(analogs, name):
     q = extract_features(model, eval_dataloader(ds.query, cfg, batch_size=128), flip=False, progress=False)
     g = extract_features(model, eval_dataloader(ds.gallery, cfg, batch_size=128), flip=False, progress=False)
     dist = euclidean_distance(q[0], g[0])
-    if ds.protocol.get('eval') == 'single_gallery_shot':
-        res = evaluate_single_gallery_shot(dist, q[1], g[1], q[2], g[2], repeats=ds.protocol['repeats'])
-    else:
-        with warnings.catch_warnings():
-            warnings.simplefilter('ignore')
-            res = evaluate_ranking(dist, q[1], g[1], q[2], g[2])
-        assert 0 <= res['mAP'] <= 1
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        res = evaluate_protocol(dist, q[1], g[1], q[2], g[2], ds.protocol)   # the experiment's own dispatch
+    if ds.protocol.get('eval') != 'single_gallery_shot': assert 0 <= res['mAP'] <= 1
     assert 0 <= res['rank1'] <= 1 and res['num_valid_queries'] > 0
     if ds.has_multi_query:                             # Market-layout multi-query through the flat format
         recs, owner = ds.multi_query_items()

@@ -70,7 +70,9 @@ def test_cuhk03_analog_in_the_real_format(cuhk, tmp_path):
     assert np.mean([a['misaligned'] for a in ann['detected'].values()]) > 0.5      # detected = detector-style boxes
     # a detected image that happens not to be misaligned is its labeled twin, pixel for pixel
     from PIL import Image
-    img = lambda v, s: np.asarray(Image.open(tmp_path/'cache'/f'images_{v}'/f'{s}.png'))
+    extracted = Path(ds.protocol['images']).parent                               # <cache_dir>/cuhk03-images/<fingerprint>
+    assert extracted.parent == tmp_path/'cache'/'cuhk03-images'
+    img = lambda v, s: np.asarray(Image.open(extracted/f'images_{v}'/f'{s}.png'))
     twins = [s for s, a in ann['detected'].items() if not a['misaligned']]
     if twins: assert (img('labeled', twins[0]) == img('detected', twins[0])).all()
     moved = [s for s, a in ann['detected'].items() if a['misaligned']][0]

@@ -10,7 +10,7 @@ import numpy as np
 from PIL import Image
 from fastprogress.fastprogress import progress_bar
 from ..core import atomic_path, check_choice, data_dir
-from .market import ReIDDataset, Record, NameConvention, _list_images, _shown, check_published_counts
+from .market import ReIDDataset, Record, NameConvention, _layout_hint, _list_images, _shown, check_published_counts
 
 # %% auto #0
 __all__ = ['CUHK03_VARIANTS', 'CUHK03_PROTOCOLS', 'CUHK03_DEFAULT', 'CUHK03_MAT_PLACES', 'CUHK03_MAT_KEYS', 'NEW_PROTOCOL_CONFIG',
@@ -26,7 +26,7 @@ CUHK03_DEFAULT = dict(protocol='new', variant='detected')
 CUHK03_MAT_PLACES = ('cuhk03_release/cuhk-03.mat', 'cuhk-03.mat')   # as unpacked from cuhk03_release.zip, or flat
 CUHK03_MAT_KEYS = ('labeled', 'detected', 'testsets')
 NEW_PROTOCOL_CONFIG = 'cuhk03_new_protocol_config_{variant}.mat'
-NEW_PROTOCOL_KEYS = ('labels', 'camId', 'filelist', 'train_idx', 'query_idx', 'gallery_idx')
+NEW_PROTOCOL_KEYS = ('labels', 'filelist', 'train_idx', 'query_idx', 'gallery_idx')   # required; `camId` is optional
 CUHK03_NAME_RE = re.compile(r'^([1-9])_(\d{3})_([12])_(\d{2})\.png$')
 
 def cuhk03_image_name(pair:int, person:int, k:int) -> str:
@@ -59,10 +59,7 @@ def find_cuhk03_mat(root) -> Path|None:
     return None
 
 def _missing(root:Path, what:str) -> FileNotFoundError:
-    hint = ''
-    if root.is_dir():
-        subs = [d for d in sorted(root.iterdir()) if d.is_dir() and (find_cuhk03_mat(d) or list(d.glob('cuhk03_new_protocol_config_*.mat')))]
-        if subs: hint = f"\nThe layout was found in {subs[0]}: pass that folder as the dataset root."
+    hint = _layout_hint(root, lambda d: find_cuhk03_mat(d) or any(d.glob('cuhk03_new_protocol_config_*.mat')))
     return FileNotFoundError(f"{what} not found in {root}.\n{CUHK03_LAYOUT}{hint}")
 
 # %% ../../nbs/02c_data.cuhk03.ipynb #51518cac
@@ -133,18 +130,21 @@ def mat_fingerprint(path) -> str:
         h.update(fh.read(1 << 22)); fh.seek(max(0, size - (1 << 22))); h.update(fh.read())
     return h.hexdigest()[:16]
 
-def extract_cuhk03(mat_path, out=None, progress:bool=True, overwrite:bool=False) -> Path:
-    "Extract the labeled and detected images of `cuhk-03.mat` as PNGs under `out` (default: a `data_dir` cache), once."
+def _extracted(marker:Path, key:str) -> bool:
+    "Whether `marker` records a complete extraction of the file with fingerprint `key` by this `EXTRACT_VERSION`."
+    try: have = json.loads(marker.read_text())
+    except (OSError, ValueError): return False
+    return isinstance(have, dict) and have.get('fingerprint') == key and have.get('version') == EXTRACT_VERSION
+
+def extract_cuhk03(mat_path, cache_dir=None, progress:bool=True, overwrite:bool=False) -> Path:
+    "Extract the labeled and detected images of `cuhk-03.mat` as PNGs into `<cache_dir>/cuhk03-images/<fingerprint>/` (default `cache_dir`: `data_dir('cache')`), once."
     mat_path = Path(mat_path).expanduser()
     open_cuhk03_mat(mat_path).close()                       # clear errors before anything is written
     key = mat_fingerprint(mat_path)
-    out = Path(out) if out is not None else data_dir('cache', 'cuhk03-images', key, create=False)
-    marker = out/'cuhk03_extracted.json'
-    if out.exists() and not overwrite:
-        have = json.loads(marker.read_text()) if marker.exists() else {}
-        if have.get('fingerprint') == key and have.get('version') == EXTRACT_VERSION: return out
-        raise FileExistsError(f"{out} exists but does not hold this cuhk-03.mat's extraction (fingerprint {key}, found "
-                              f"{have.get('fingerprint')}). Pass another folder, or overwrite=True to replace it.")
+    parent = Path(cache_dir).expanduser() if cache_dir is not None else data_dir('cache', create=False)
+    if parent.exists() and not parent.is_dir(): raise NotADirectoryError(f"cache_dir {parent} is a file; pass a folder.")
+    out = parent/'cuhk03-images'/key
+    if not overwrite and _extracted(out/'cuhk03_extracted.json', key): return out
     with open_cuhk03_mat(mat_path) as f, atomic_path(out) as tmp:
         tmp = Path(tmp); counts = {}
         todo = [(v, c, r) for v in CUHK03_VARIANTS for c, r in enumerate(_cells(f, v))]
@@ -162,7 +162,7 @@ def extract_cuhk03(mat_path, out=None, progress:bool=True, overwrite:bool=False)
     return out
 
 def cuhk03_images(root, variant:str, cache_dir=None, progress:bool=True) -> Path:
-    "The folder of `variant`'s images: `root/images_<variant>/` if present, else extracted from `cuhk-03.mat` (once)."
+    "The folder of `variant`'s images: `root/images_<variant>/` if present, else extracted from `cuhk-03.mat` (once) under `cache_dir`."
     check_choice('CUHK03 variant', variant, CUHK03_VARIANTS)
     root = Path(root)
     if (root/f'images_{variant}').is_dir(): return root/f'images_{variant}'
@@ -208,13 +208,14 @@ def write_cuhk03_mat(path, images:dict, testsets:list, progress:bool=False) -> P
     return Path(path)
 
 def write_new_protocol_config(path, filelist, labels, camids, train_idx, query_idx, gallery_idx) -> Path:
-    "Write a `cuhk03_new_protocol_config_*.mat` (MATLAB v5): indices given 0-based are stored 1-based, as in the real file."
+    "Write a `cuhk03_new_protocol_config_*.mat` (MATLAB v5): indices given 0-based are stored 1-based, as in the real file (`camids=None`: no `camId`)."
     from scipy.io import savemat
     fl = np.empty((len(filelist), 1), dtype=object)
     for i, name in enumerate(filelist): fl[i, 0] = name
     col = lambda a, add=0: (np.asarray(a, np.float64) + add).reshape(-1, 1)
-    data = dict(filelist=fl, labels=col(labels), camId=col(camids), train_idx=col(train_idx, 1),
-                query_idx=col(query_idx, 1), gallery_idx=col(gallery_idx, 1))
+    data = dict(filelist=fl, labels=col(labels))
+    if camids is not None: data['camId'] = col(camids)
+    data.update(train_idx=col(train_idx, 1), query_idx=col(query_idx, 1), gallery_idx=col(gallery_idx, 1))
     with atomic_path(path) as tmp:
         with open(tmp, 'wb') as fh: savemat(fh, data, format='5')
         with open(tmp, 'r+b') as fh: fh.write(b'MATLAB 5.0 MAT-file, Platform: posix, Created by: reid_nb'.ljust(116))  # no date: same bytes for the same content
@@ -226,7 +227,7 @@ def _cellstr(x) -> str:
     return str(x)
 
 def load_new_protocol(path) -> dict:
-    "The new protocol's `filelist`, `labels`, `camids` and 0-based `train_idx`, `query_idx`, `gallery_idx` from `path`."
+    "The new protocol's `filelist`, `labels`, `camids` (the file's `camId`, or `None`) and 0-based `train_idx`, `query_idx`, `gallery_idx`."
     from scipy.io import loadmat
     path = Path(path)
     if not path.is_file(): raise FileNotFoundError(f"{path} does not exist.\n{CUHK03_LAYOUT}")
@@ -239,7 +240,9 @@ def load_new_protocol(path) -> dict:
                                  f"{sorted(k for k in m if not k.startswith('__'))}.")
     filelist = [_cellstr(x) for x in np.asarray(m['filelist']).ravel()]
     n, out = len(filelist), dict(filelist=filelist)
+    out['camids'] = None
     for k, name in (('labels', 'labels'), ('camId', 'camids')):
+        if k not in m: continue
         out[name] = np.asarray(m[k]).ravel().astype(np.int64)
         if len(out[name]) != n: raise ValueError(f"{path}: {k} has {len(out[name])} entries, filelist {n}; they must match.")
     for k in ('train_idx', 'query_idx', 'gallery_idx'):

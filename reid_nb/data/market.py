@@ -50,8 +50,8 @@ class ReIDDataset:
 
     @property
     def has_multi_query(self) -> bool:
-        "Whether every query has a non-empty multi-query group."
-        return len(self.mq_groups) == len(self.query) > 0 and all(len(g) for g in self.mq_groups)
+        "Whether multi-query applies: a group for every query and at least one non-empty (empty ones fall back to the query)."
+        return len(self.mq_groups) == len(self.query) > 0 and any(len(g) for g in self.mq_groups)
 
     def multi_query_items(self) -> tuple[list[Record], np.ndarray]:
         "Records to embed for multi-query and, per record, the query it pools into (an empty group contributes its query)."
@@ -175,14 +175,17 @@ MARKET_LAYOUT = """Expected the Market-1501 layout:
     query/                query images
     gt_bbox/              (optional) hand-drawn boxes for multi-query"""
 
+def _layout_hint(root:Path, has_layout) -> str:
+    "A line pointing at the first sub-folder of `root` for which `has_layout(folder)` holds (the usual mistake), or ''."
+    subs = [d for d in sorted(root.iterdir()) if d.is_dir() and has_layout(d)] if root.is_dir() else []
+    return f"\nThe layout was found in {subs[0]}: pass that folder as the dataset root." if subs else ''
+
 def _check_layout(root:Path, required=('bounding_box_train', 'bounding_box_test', 'query'), layout:str=MARKET_LAYOUT):
     "Raise a `FileNotFoundError` naming what is missing under `root` and showing the expected layout."
     if not root.is_dir(): raise FileNotFoundError(f"Dataset folder {root} does not exist.\n{layout}")
     missing = [f for f in required if not (root/f).exists()]
     if not missing: return
-    hint = ''
-    subs = [d for d in sorted(root.iterdir()) if d.is_dir() and (d/required[0]).exists()]
-    if subs: hint = f"\nThe layout was found in {subs[0]}: pass that folder as the dataset root."
+    hint = _layout_hint(root, lambda d: (d/required[0]).exists())
     raise FileNotFoundError(f"{', '.join(missing)} not found in {root}.\n{layout}{hint}")
 
 # %% ../../nbs/02_data.market.ipynb #fc471121
@@ -212,6 +215,6 @@ def read_market1501(root, name:str='market1501', check_counts:bool|None=None) ->
                      query=query, gallery=_records(lists['gallery'], 'gallery'),
                      num_train_pids=len(relabel), gt_bbox=gt_bbox,
                      junk=_records([x for v in junk.values() for x in v], 'junk'), mq_groups=groups,
-                     protocol=dict(dataset='market1501', multi_query=bool(groups), junk='dropped', distractors='gallery'))
+                     protocol=dict(dataset='market1501', multi_query=any(len(g) for g in groups), junk='dropped', distractors='gallery'))
     if check_counts or (check_counts is None and name == 'market1501'): check_published_counts(ds, 'market1501')
     return ds

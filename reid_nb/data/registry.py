@@ -79,6 +79,8 @@ def published_summary() -> pd.DataFrame:
 
 # %% ../../nbs/02d_data.registry.ipynb #18fd44bd
 def _open_rgb(path) -> np.ndarray:
+    # Like `reid_nb.data.pipeline.read_image`, which is not imported: the pipeline (chapter 03, torch and fastai)
+    # comes after the readers and the registry, and this chapter does not depend on later ones.
     from PIL import Image
     try:
         with Image.open(path) as im: return np.asarray(im.convert('RGB'))

@@ -12,12 +12,13 @@ from PIL import Image
 from fastprogress.fastprogress import progress_bar
 from ..core import atomic_path, check_choice, data_dir
 from .synth import sample_identity, camera_style, camera_scene, render_image
-from .cuhk03 import (CUHK03_VARIANTS, NEW_PROTOCOL_CONFIG, cuhk03_image_name, write_cuhk03_mat,
-                                 write_new_protocol_config)
+from .duke import DUKE_FOLDERS
+from .cuhk03 import (CUHK03_VARIANTS, NEW_PROTOCOL_CONFIG, cuhk03_image_name, parse_cuhk03_name,
+                                 write_cuhk03_mat, write_new_protocol_config)
 
 # %% auto #0
-__all__ = ['SYNTH_DUKE_SIZES', 'SYNTH_CUHK03_SIZES', 'LAYOUTS_VERSION', 'WORLD_OFFSET', 'DUKE_FOLDERS', 'duke_params',
-           'cuhk03_params', 'duke_plan', 'generate_synthreid_duke', 'cuhk03_plan', 'generate_synthreid_cuhk03']
+__all__ = ['SYNTH_DUKE_SIZES', 'SYNTH_CUHK03_SIZES', 'LAYOUTS_VERSION', 'WORLD_OFFSET', 'duke_params', 'cuhk03_params',
+           'duke_plan', 'generate_synthreid_duke', 'cuhk03_plan', 'generate_synthreid_cuhk03']
 
 # %% ../../nbs/01b_data.synth_layouts.ipynb #a399cd96
 _DUKE = dict(n_cams=8, height=128, width=64, p_occluder=0.5, p_crowd=0.45, p_misalign=0.1)
@@ -164,7 +165,7 @@ def _check_seed(seed):
     if not isinstance(seed, (int, np.integer)) or seed < 0: raise ValueError(f"SynthReID seed must be a non-negative int; got {seed!r}.")
 
 # %% ../../nbs/01b_data.synth_layouts.ipynb #3d9a93c3
-DUKE_FOLDERS = ('bounding_box_train', 'query', 'bounding_box_test')
+_DUKE_DIRS = tuple(DUKE_FOLDERS[k] for k in ('train', 'query', 'gallery'))   # the reader's folders, in writing order
 
 def generate_synthreid_duke(root=None, size:str='default', seed:int=0, overwrite:bool=False, progress:bool=True,
                             **overrides) -> Path:
@@ -176,17 +177,17 @@ def generate_synthreid_duke(root=None, size:str='default', seed:int=0, overwrite
     w = _World(int(seed) + WORLD_OFFSET['duke'], p)
     plan = duke_plan(p, int(seed))
     with atomic_path(root) as tmp:
-        tmp = Path(tmp); ann = {f: {} for f in DUKE_FOLDERS}
-        for f in DUKE_FOLDERS: (tmp/f).mkdir(parents=True); (tmp/'annotations'/'parts'/f).mkdir(parents=True)
+        tmp = Path(tmp); ann = {f: {} for f in _DUKE_DIRS}
+        for f in _DUKE_DIRS: (tmp/f).mkdir(parents=True); (tmp/'annotations'/'parts'/f).mkdir(parents=True)
         for e in (progress_bar(plan, leave=False) if progress else plan):
             r = _draw(w, e['pid'], e['cam'], [e['pid'], e['cam'], e['j']], p['p_misalign'])
             stem = e['name'][:-4]
             r['image'].save(tmp/e['folder']/e['name'], format='JPEG', quality=w.cam(e['cam']).jpeg_quality, subsampling=2)
             _save_parts(tmp, e['folder'], stem, r['parts'])
             ann[e['folder']][stem] = _annotation(r, e['pid'], e['cam'] - 1)
-        for f in DUKE_FOLDERS: (tmp/'annotations'/f'{f}.json').write_text(json.dumps(ann[f]))
+        for f in _DUKE_DIRS: (tmp/'annotations'/f'{f}.json').write_text(json.dumps(ann[f]))
         (tmp/'annotations'/'identities.json').write_text(json.dumps({str(k): asdict(v) for k, v in sorted(w.idents.items())}))
-        counts = {f: len(ann[f]) for f in DUKE_FOLDERS}
+        counts = {f: len(ann[f]) for f in _DUKE_DIRS}
         (tmp/'synthreid.json').write_text(json.dumps(dict(**want, size=size, counts=counts, n_images=len(plan)), indent=2))
     return root
 
@@ -244,7 +245,7 @@ def generate_synthreid_cuhk03(root=None, size:str='default', seed:int=0, overwri
         names, labels = [n for n, _ in rows], [g for _, g in rows]
         idx = lambda keep: [i for i, (n, g) in enumerate(rows) if keep(n, g)]
         for v in CUHK03_VARIANTS:
-            write_new_protocol_config(tmp/NEW_PROTOCOL_CONFIG.format(variant=v), names, labels, [int(n[6]) for n in names],
+            write_new_protocol_config(tmp/NEW_PROTOCOL_CONFIG.format(variant=v), names, labels, [parse_cuhk03_name(n)['camid'] + 1 for n in names],
                                       idx(lambda n, g: g in train), idx(lambda n, g: n in query),
                                       idx(lambda n, g: g not in train and n not in query))
             (tmp/'annotations'/f'{v}.json').write_text(json.dumps(dict(sorted(ann[v].items()))))
