@@ -164,16 +164,22 @@ def _jsonable(p:dict) -> dict: return json.loads(json.dumps(p))
 def _check_seed(seed):
     if not isinstance(seed, (int, np.integer)) or seed < 0: raise ValueError(f"SynthReID seed must be a non-negative int; got {seed!r}.")
 
+def _start(layout:str, params:dict, root, size:str, seed:int, overrides:dict, overwrite:bool):
+    "Check the seed, resolve `root`, and tell whether it already holds this tree: `(root, want, done)`."
+    _check_seed(seed)
+    root = Path(root) if root is not None else _default_root(f'synthreid-{layout}', size, seed, overrides)
+    want = dict(version=LAYOUTS_VERSION, layout=layout, seed=int(seed), params=_jsonable(params))
+    return root, want, _prepare(root, want, overwrite)
+
 # %% ../../nbs/01b_data.synth_layouts.ipynb #3d9a93c3
 _DUKE_DIRS = tuple(DUKE_FOLDERS[k] for k in ('train', 'query', 'gallery'))   # the reader's folders, in writing order
 
 def generate_synthreid_duke(root=None, size:str='default', seed:int=0, overwrite:bool=False, progress:bool=True,
                             **overrides) -> Path:
     "Generate (or reuse) the SynthReID-Duke tree of preset `size` and `seed` at `root`, in the DukeMTMC-reID layout."
-    p = duke_params(size, **overrides); _check_seed(seed)
-    root = Path(root) if root is not None else _default_root('synthreid-duke', size, seed, overrides)
-    want = dict(version=LAYOUTS_VERSION, layout='duke', seed=int(seed), params=_jsonable(p))
-    if _prepare(root, want, overwrite): return root
+    p = duke_params(size, **overrides)
+    root, want, done = _start('duke', p, root, size, seed, overrides, overwrite)
+    if done: return root
     w = _World(int(seed) + WORLD_OFFSET['duke'], p)
     plan = duke_plan(p, int(seed))
     with atomic_path(root) as tmp:
@@ -219,10 +225,9 @@ def cuhk03_plan(p:dict, seed:int=0) -> dict:
 def generate_synthreid_cuhk03(root=None, size:str='default', seed:int=0, overwrite:bool=False, progress:bool=True,
                               **overrides) -> Path:
     "Generate (or reuse) the SynthReID-CUHK03 set of preset `size` and `seed` at `root`: `cuhk-03.mat` + new-protocol configs."
-    p = cuhk03_params(size, **overrides); _check_seed(seed)
-    root = Path(root) if root is not None else _default_root('synthreid-cuhk03', size, seed, overrides)
-    want = dict(version=LAYOUTS_VERSION, layout='cuhk03', seed=int(seed), params=_jsonable(p))
-    if _prepare(root, want, overwrite): return root
+    p = cuhk03_params(size, **overrides)
+    root, want, done = _start('cuhk03', p, root, size, seed, overrides, overwrite)
+    if done: return root
     w = _World(int(seed) + WORLD_OFFSET['cuhk03'], p)
     plan = cuhk03_plan(p, int(seed))
     with atomic_path(root) as tmp:
