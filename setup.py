@@ -29,6 +29,7 @@ setuptools.setup(
     url=cfg['git_url'],
     packages=setuptools.find_packages(include=['reid_nb', 'reid_nb.*']),
     include_package_data=True,
+    package_data={'reid_nb': ['paper_tables.json']},
     install_requires=requirements,
     extras_require={'dev': dev_requirements},
     python_requires='>=' + min_python,

@@ -21,6 +21,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument('--preset', default='smoke', help=f"one of {', '.join(PRESETS)} (default: smoke)")
     r.add_argument('--out', default='reports', help='output folder (default: reports)')
     r.add_argument('--only', nargs='+', default=None, metavar='RUN', help='run only these experiments of the preset')
+    r.add_argument('--tables', default=None, metavar='ID[,ID…]',
+                   help="run only what these papers' tables need, e.g. MMGA/table1_ablation,FMN/table5_masked_layer")
     r.add_argument('--set', nargs='*', default=[], metavar='FIELD=VALUE', dest='overrides',
                    help='override ExperimentConfig fields for every run, e.g. --set epochs=3 data_root=/data/market')
     r.add_argument('--quiet', action='store_true', help='no progress output')
@@ -68,8 +70,9 @@ def main(argv:list[str]|None=None) -> int:
     try:
         if args.command == 'reproduce':
             from reid_nb.reports import reproduce
+            tables = [t.strip() for t in args.tables.split(',') if t.strip()] if args.tables else None
             index = reproduce(args.preset, args.out, only=args.only, overrides=parse_overrides(args.overrides),
-                              progress=not args.quiet)
+                              progress=not args.quiet, tables=tables)
             print(f'Report: {index}')
         elif args.command == 'synth':
             from reid_nb.data.synth import generate_synthreid

@@ -108,7 +108,9 @@ def write_json_atomic(path, obj, **kwargs) -> Path:
 class ExperimentConfig:
     "Everything that defines one training + evaluation run (what papermill's `parameters` cell fills)."
     name:str = 'baseline'             # run name, used for output files
-    method:str = 'baseline'           # which model/loss composition (see `reid_nb.model`)
+    method:str = 'baseline'           # which method recipe (see `reid_nb.recipe.METHODS`)
+    method_options:dict = field(default_factory=dict)  # the method's own options, e.g. MMGA {'variant': 'dmga'}
+    mask_source:str = 'auto'          # masks/keypoints for methods that need them: 'auto' (ground truth where the data has it), 'ground_truth', or a masker
     dataset:str = 'synthreid'         # dataset name (see `reid_nb.data`)
     data_root:str|None = None         # dataset folder; None → generated/cached under `data_dir()`
     synth_size:str = 'default'        # SynthReID size preset when dataset == 'synthreid'
@@ -123,16 +125,18 @@ class ExperimentConfig:
     P:int = 16                        # identities per batch
     K:int = 4                         # images per identity
     epochs:int = 60
-    lr:float = 3.5e-4
+    lr:float = 3.5e-4                 # peak learning rate of the new layers
+    backbone_lr_mult:float|None = None  # backbone lr = lr × this; None: 0.1 for pretrained backbones, else 1
     opt:str = 'adam'                  # 'adam' or 'sgd'
+    schedule:str = 'one_cycle'        # 'one_cycle' or 'warmup_step' (a method's stages may set their own)
     weight_decay:float = 5e-4
     triplet_margin:float = 0.3
     triplet_weight:float = 1.0
     label_smoothing:float = 0.1
     random_erasing:float = 0.5        # probability of random erasing in training
-    flip_test:bool = True             # average features of image and its mirror at test time
+    flip_test:bool|None = None        # average features of image and its mirror at test time; None: the method's paper's choice
     multi_query:str = 'mean'          # pooling of multi-query features where the dataset has them: 'mean' or 'max'
-    rerank:bool = True                # also report k-reciprocal re-ranked results (k1=20, k2=6, λ=0.3)
+    rerank:bool|None = None           # also report k-reciprocal re-ranked results (k1=20, k2=6, λ=0.3); None: where the method's paper does
     num_workers:int = 0
     seed:int = 0
     device:str|None = None            # None → `default_device()`
@@ -155,6 +159,8 @@ class ExperimentConfig:
 # %% ../nbs/00_core.ipynb #5cc995a1
 PRESETS = {
     'smoke': dict(synth_size='smoke', backbone='resnet_mini', pretrained=False, height=128, width=64,
+                  embed_dim=128, P=8, K=4, epochs=30, lr=3e-3, random_erasing=0.3),
+    'quick': dict(synth_size='quick', backbone='resnet_mini', pretrained=False, height=128, width=64,
                   embed_dim=128, P=8, K=4, epochs=30, lr=3e-3, random_erasing=0.3),
     'cpu':   dict(synth_size='default', backbone='resnet18', pretrained=False, height=256, width=128,
                   embed_dim=256, P=16, K=4, epochs=40, lr=2e-3),

@@ -12,9 +12,9 @@ from fastprogress.fastprogress import progress_bar
 from .core import check_choice
 
 # %% auto #0
-__all__ = ['extract_features', 'euclidean_distance', 'protocol_keep', 'evaluate_ranking', 'pool_features',
-           'single_gallery_shot_picks', 'evaluate_single_gallery_shot', 'mean_over_splits', 'chance_level', 'plot_cmc',
-           'ranked_gallery', 'plot_ranked_list']
+__all__ = ['RANKS', 'extract_features', 'euclidean_distance', 'protocol_keep', 'evaluate_ranking', 'pool_features',
+           'single_gallery_shot_picks', 'evaluate_single_gallery_shot', 'mean_over_splits', 'bootstrap_ci',
+           'chance_level', 'plot_cmc', 'ranked_gallery', 'plot_ranked_list']
 
 # %% ../nbs/06_evaluation.ipynb #d99e5a5e
 def _as_tensor(x, what:str, dtype=None, device=None) -> torch.Tensor:
@@ -204,9 +204,11 @@ def _per_query_metrics(hits:torch.Tensor, Q:int):
     return R, first, last, ap, ap_trap
 
 # %% ../nbs/06_evaluation.ipynb #2e0c2d5f
+RANKS = (1, 5, 10, 20)  # the CMC ranks reported by name (rank1 … rank20)
+
 def evaluate_ranking(distmat, q_pids, g_pids, q_camids, g_camids, max_rank:int=50, chunk_size:int|None=None,
                      max_candidates:float=0.5) -> dict:
-    "CMC (to `max_rank`), rank-1/5/10, mAP (non-interpolated and trapezoid) and mINP of `distmat` (Q, G), Market protocol."
+    "CMC (to `max_rank`), rank-1/5/10/20, mAP (non-interpolated and trapezoid) and mINP of `distmat` (Q, G), Market protocol."
     if not isinstance(max_rank, int) or max_rank < 1: raise ValueError(f"max_rank must be a positive int, found {max_rank!r}.")
     distmat, q_pids, g_pids, q_camids, g_camids = _check_ranking_inputs(distmat, q_pids, g_pids, q_camids, g_camids)
     Q = len(q_pids)
@@ -221,14 +223,16 @@ def evaluate_ranking(distmat, q_pids, g_pids, q_camids, g_camids, max_rank:int=5
         warnings.warn(f"{n_skip} of {Q} queries have no valid match in the gallery (every image of their "
                       "identity is junk, from the query's own camera, or absent); they were skipped and are not in "
                       "CMC/mAP (their indices are in result['skipped_queries']).")
-    top = max(max_rank, 10)  # ranks beyond the gallery size repeat the last value (a first hit is never later)
+    top = max(max_rank, 20)  # ranks beyond the gallery size repeat the last value (a first hit is never later)
     counts = torch.bincount((first[valid] - 1).clamp(max=top), minlength=top + 1)[:top]
     cmc = (counts.cumsum(0).double() / n_valid).numpy()
-    return {'cmc': cmc[:max_rank], 'rank1': float(cmc[0]), 'rank5': float(cmc[4]), 'rank10': float(cmc[9]),
-            'mAP': float(ap[valid].mean()), 'mAP_trapezoid': float(ap_trap[valid].mean()),
+    first_hit, ap_valid = first[valid].numpy(), ap[valid].numpy()
+    per_query = {f'rank{k}': (first_hit <= k).astype(np.float64) for k in RANKS} | {'mAP': ap_valid}
+    return {'cmc': cmc[:max_rank], **{f'rank{k}': float(cmc[k - 1]) for k in RANKS},
+            'mAP': float(ap_valid.mean()), 'mAP_trapezoid': float(ap_trap[valid].mean()),
             'mINP': float((R[valid].double() / last[valid]).mean()),
             'num_valid_queries': n_valid, 'num_skipped_queries': n_skip,
-            'skipped_queries': (~valid).nonzero().flatten().numpy()}
+            'skipped_queries': (~valid).nonzero().flatten().numpy(), 'per_query': per_query}
 
 # %% ../nbs/06_evaluation.ipynb #9a31be72
 def pool_features(feats, groups, n_queries:int|None=None, how:str='mean') -> torch.Tensor:
@@ -283,6 +287,8 @@ def evaluate_single_gallery_shot(distmat, q_pids, g_pids, q_camids, g_camids, re
     ids = torch.unique(g_pids)
     counts = torch.zeros(max_rank + 1, dtype=torch.float64)
     valid = torch.zeros(len(q_pids), dtype=torch.bool)
+    ks = torch.tensor([min(k, max_rank) for k in RANKS])                             # as the CMC: ranks cut at max_rank
+    within = torch.zeros(len(q_pids), len(RANKS), dtype=torch.int64)
     for cam in torch.unique(q_camids).tolist():
         qi = (q_camids == cam).nonzero().flatten()
         picks = single_gallery_shot_picks(g_pids, g_camids, cam, repeats, seed)     # (repeats, n_ids)
@@ -298,22 +304,53 @@ def evaluate_single_gallery_shot(distmat, q_pids, g_pids, q_camids, g_camids, re
             before = (d < dm) | ((d == dm) & (cols[None] < match_col[:, None]))      # stable tie rule
             rank = before.sum(1)                                                      # 0-based
             counts += torch.bincount(rank.clamp(max=max_rank), minlength=max_rank + 1).double()
+            within[q] += (rank[:, None] < ks).long()                                 # per query: times within rank k
     n_valid = int(valid.sum())
     if n_valid == 0: raise ValueError("No query has an image of its identity in another camera of the gallery.")
     if n_valid < len(q_pids):
         warnings.warn(f"{len(q_pids) - n_valid} of {len(q_pids)} queries have no image of their identity in another "
                       "camera of the gallery; they were skipped.")
     cmc = (counts.cumsum(0)[:max_rank] / (n_valid * repeats)).numpy()
-    return {'cmc': cmc, 'rank1': float(cmc[0]), 'rank5': float(cmc[min(4, max_rank - 1)]),
-            'rank10': float(cmc[min(9, max_rank - 1)]), 'num_valid_queries': n_valid,
-            'num_skipped_queries': len(q_pids) - n_valid, 'repeats': repeats, 'seed': seed}
+    fraction = within[valid].double().numpy() / repeats                               # (n_valid, len(RANKS))
+    return {'cmc': cmc, **{f'rank{k}': float(cmc[min(k, max_rank) - 1]) for k in RANKS}, 'num_valid_queries': n_valid,
+            'num_skipped_queries': len(q_pids) - n_valid, 'repeats': repeats, 'seed': seed,
+            'per_query': {f'rank{k}': fraction[:, j].copy() for j, k in enumerate(RANKS)}}
 
 def mean_over_splits(results:list) -> dict:
     "Mean CMC (and its standard deviation over splits) of per-split `evaluate_single_gallery_shot` results."
     cmcs = np.stack([r['cmc'] for r in results])
     cmc = cmcs.mean(0)
-    return {'cmc': cmc, 'rank1': float(cmc[0]), 'rank5': float(cmc[min(4, len(cmc) - 1)]),
-            'rank10': float(cmc[min(9, len(cmc) - 1)]), 'rank1_std': float(cmcs[:, 0].std()), 'num_splits': len(results)}
+    return {'cmc': cmc, **{f'rank{k}': float(cmc[min(k, len(cmc)) - 1]) for k in RANKS},
+            'rank1_std': float(cmcs[:, 0].std()), 'num_splits': len(results)}
+
+# %% ../nbs/06_evaluation.ipynb #e2db3021
+def _bootstrap_indices(rng, n_draws:int, n:int) -> np.ndarray:
+    "(n_draws, n) query indices drawn with replacement: index = floor(n * u), one uniform u per index."
+    return np.minimum((rng.random((n_draws, n)) * n).astype(np.int64), n - 1)
+
+def bootstrap_ci(per_query:dict, n_boot:int=1000, level:float=0.95, seed:int=0) -> dict:
+    "Percentile bootstrap interval `{metric: (low, high)}` of the mean of each per-query array, resampling queries."
+    if not isinstance(per_query, dict) or not per_query:
+        raise ValueError(f"bootstrap_ci expects a non-empty dict {{metric: per-query scores}}, found {per_query!r:.80}. "
+                         "Pass the 'per_query' entry of an evaluate_ranking / evaluate_single_gallery_shot result.")
+    if not isinstance(n_boot, int) or n_boot < 1: raise ValueError(f"n_boot must be a positive int, found {n_boot!r}.")
+    if not 0 < level < 1: raise ValueError(f"level must lie strictly between 0 and 1 (e.g. 0.95), found {level!r}.")
+    arrays = {k: np.asarray(v, dtype=np.float64) for k, v in per_query.items()}
+    n = len(next(iter(arrays.values())))
+    for k, v in arrays.items():
+        if v.ndim != 1 or len(v) == 0 or len(v) != n:
+            shapes = ', '.join(f'{m}: {a.shape}' for m, a in arrays.items())
+            raise ValueError(f"per_query[{k!r}] has shape {v.shape}; expected a 1-D array of {n or 'one or more'} scores, one per "
+                             f"query and the same queries for every metric (shapes found: {shapes}). Pass the per_query dict of "
+                             "one evaluation, which holds only the scored queries.")
+        if not np.isfinite(v).all(): raise ValueError(f"per_query[{k!r}] holds NaN/inf; expected finite scores per query.")
+    rng, chunk = np.random.default_rng(seed), max(1, 2**22 // n)
+    means = {k: np.empty(n_boot) for k in arrays}
+    for s in range(0, n_boot, chunk):
+        idx = _bootstrap_indices(rng, min(chunk, n_boot - s), n)    # one set of queries per draw, for every metric
+        for k, v in arrays.items(): means[k][s:s + len(idx)] = v[idx].mean(1)
+    q = 100 * np.array([(1 - level) / 2, (1 + level) / 2])
+    return {k: tuple(float(x) for x in np.percentile(m, q)) for k, m in means.items()}
 
 # %% ../nbs/06_evaluation.ipynb #9becc239
 def _valid_counts(q_pids, g_pids, q_camids, g_camids, chunk_size:int|None=None):

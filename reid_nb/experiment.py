@@ -11,8 +11,8 @@ import torch
 from .core import ExperimentConfig, PRESETS, check_choice, data_dir, default_device, get_preset, write_json_atomic
 
 # %% auto #0
-__all__ = ['RUNS', 'load_dataset', 'validate_config', 'protocol_name', 'evaluate_protocol', 'protocol_chance', 'experiments_for',
-           'RunRecord']
+__all__ = ['DATASET_TAGS', 'RUNS', 'load_dataset', 'validate_config', 'protocol_name', 'evaluate_protocol', 'protocol_chance',
+           'method_runs', 'run_overrides', 'experiments_for', 'RunRecord']
 
 # %% ../nbs/08_experiment.ipynb #7e020666
 from .data.registry import DATASET_NAMES as DATASETS, DATASET_OPTIONS, SYNTHETIC_ANALOGS, get_dataset, synth_sizes
@@ -28,13 +28,20 @@ def load_dataset(cfg:ExperimentConfig, progress:bool=True):
 # %% ../nbs/08_experiment.ipynb #eae0be2c
 def validate_config(cfg:ExperimentConfig) -> ExperimentConfig:
     "Raise a `ValueError` listing every invalid field of `cfg` (unknown names, out-of-range numbers); else return `cfg`."
-    from reid_nb.model import BACKBONES, MODELS
-    from reid_nb.train import OPTIMIZERS
+    from reid_nb.model import BACKBONES
+    from reid_nb.train import OPTIMIZERS, SCHEDULES
+    from reid_nb.recipe import METHODS, MASK_SOURCES, get_method, resolve_mask_source
     problems = []
     def choice(what, value, choices):
         try: check_choice(what, value, choices)
         except ValueError as e: problems.append(str(e))
-    choice('method', cfg.method, MODELS); choice('backbone', cfg.backbone, BACKBONES)
+    choice('method', cfg.method, METHODS); choice('backbone', cfg.backbone, BACKBONES)
+    choice('schedule', cfg.schedule, SCHEDULES); choice('mask source', str(cfg.mask_source).split(':')[0], MASK_SOURCES)
+    if cfg.method in METHODS and not problems:  # the method's own options, and where its masks come from
+        try:
+            m = get_method(cfg.method); opts = m.parse(cfg.method_options)
+            resolve_mask_source(cfg, m.carries(cfg, opts, train=True) + m.carries(cfg, opts, train=False))
+        except ValueError as e: problems.append(str(e))
     choice('dataset', cfg.dataset, DATASETS); choice('optimizer (opt)', cfg.opt, OPTIMIZERS)
     choice('last_stride', cfg.last_stride, (1, 2))
     if cfg.dataset in SYNTHETIC_ANALOGS: choice(f'synth_size for {cfg.dataset}', cfg.synth_size, synth_sizes(cfg.dataset))
@@ -45,6 +52,7 @@ def validate_config(cfg:ExperimentConfig) -> ExperimentConfig:
             if o not in allowed: problems.append(f"Unknown dataset option {o!r} for {cfg.dataset}. Valid options: {', '.join(allowed) or 'none'}.")
     for name, least in dict(height=32, width=16, embed_dim=1, P=2, K=2, epochs=1).items():
         if getattr(cfg, name) < least: problems.append(f"{name} must be at least {least}, got {getattr(cfg, name)}.")
+    if cfg.backbone_lr_mult is not None and cfg.backbone_lr_mult < 0: problems.append(f"backbone_lr_mult must be ≥ 0 (or None), got {cfg.backbone_lr_mult}.")
     for name in ('lr', 'weight_decay', 'triplet_margin', 'triplet_weight'):
         if getattr(cfg, name) < 0 or (name == 'lr' and cfg.lr == 0): problems.append(f"{name} must be positive, got {getattr(cfg, name)}.")
     for name in ('label_smoothing', 'random_erasing'):
@@ -80,13 +88,32 @@ def protocol_chance(q_pids, g_pids, q_camids, g_camids, protocol:dict) -> dict:
     return chance_level(q_pids, g_pids, q_camids, g_camids)
 
 # %% ../nbs/08_experiment.ipynb #291c60f9
+DATASET_TAGS = {  # tag -> (config of the real dataset, config of its SynthReID analog)
+    'market': (dict(dataset='market1501'), dict(dataset='synthreid')),
+    'duke': (dict(dataset='dukemtmcreid'), dict(dataset='synthreid-duke')),
+    **{f'cuhk03{p}-{v}': (dict(dataset='cuhk03', dataset_options=dict(variant=v, protocol=proto)),
+                          dict(dataset='synthreid-cuhk03', dataset_options=dict(variant=v, protocol=proto)))
+       for p, proto in (('', 'classic'), ('np', 'new')) for v in ('labeled', 'detected')},
+}
+
+def method_runs(stem:str, tags, presets=None, **config) -> dict:
+    "Run specs `{f'{stem}-{tag}': …}` of one method configuration on the datasets `tags` (optionally only in `presets`)."
+    for t in tags: check_choice('dataset tag', t, DATASET_TAGS)
+    return {f'{stem}-{t}': dict(config, tag=t, **({'presets': tuple(presets)} if presets else {})) for t in tags}
+
 RUNS = {'baseline': dict(method='baseline')}
+
+def run_overrides(name:str, preset:str) -> dict:
+    "The configuration overrides of run `name` under `preset`: its own settings and the dataset its tag names."
+    spec = dict(RUNS[check_choice('run', name, RUNS)]); tag = spec.pop('tag', None); spec.pop('presets', None)
+    if tag is not None: spec = {**DATASET_TAGS[tag][0 if preset == 'paper' else 1], **spec}
+    return dict(spec, name=name)
 
 def experiments_for(preset:str, only:list[str]|None=None) -> list[tuple[str, dict]]:
     "The `(run name, config overrides)` pairs that `preset` runs, optionally restricted to the names in `only`."
     check_choice('preset', preset, PRESETS)
-    names = list(RUNS) if only is None else [check_choice('run', n, RUNS) for n in only]
-    return [(n, dict(RUNS[n], name=n)) for n in names]
+    names = [n for n in RUNS if preset in RUNS[n].get('presets', PRESETS)] if only is None else [check_choice('run', n, RUNS) for n in only]
+    return [(n, run_overrides(n, preset)) for n in names]
 
 # %% ../nbs/08_experiment.ipynb #6714a255
 @dataclass
@@ -101,7 +128,9 @@ class RunRecord:
     timings:dict = field(default_factory=dict)   # seconds per stage
     history:list = field(default_factory=list)   # per-epoch training / evaluation history
     figures:list = field(default_factory=list)   # file names of figures beside metrics.json
-    results:dict = field(default_factory=dict)   # every evaluation by name (single query, multi query, re-ranking …)
+    results:dict = field(default_factory=dict)   # every evaluation by name (single query, multi query, re-ranking …), with ci95
+    recipe:dict = field(default_factory=dict)    # the method as run: options, loss terms, stages, evaluation choices, mask source
+    per_query:dict = field(default_factory=dict) # evaluation name -> metric -> per-query scores (what the intervals resample)
     versions:dict = field(default_factory=lambda: dict(python=platform.python_version(), torch=torch.__version__))
 
     def save(self, out_dir) -> Path:

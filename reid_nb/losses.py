@@ -4,13 +4,16 @@
 
 # %% ../nbs/05_losses.ipynb #3544c51f
 from __future__ import annotations
+from dataclasses import dataclass, field
+from typing import Callable
 import torch
 import torch.nn.functional as F
 from .core import check_choice
+from .model import Outputs
 
 # %% auto #0
-__all__ = ['LOSSES', 'pairwise_distance', 'hardest_pairs', 'batch_hard_triplet_loss', 'cross_entropy', 'BaselineLoss',
-           'build_loss']
+__all__ = ['pairwise_distance', 'hardest_pairs', 'batch_hard_triplet_loss', 'cross_entropy', 'Term', 'WeightedLoss',
+           'baseline_terms']
 
 # %% ../nbs/05_losses.ipynb #74b65a85
 def pairwise_distance(x:torch.Tensor, y:torch.Tensor|None=None, squared:bool=False, eps:float=1e-12) -> torch.Tensor:
@@ -51,32 +54,48 @@ def cross_entropy(logits:torch.Tensor, pids:torch.Tensor, label_smoothing:float=
     return F.cross_entropy(logits, pids, label_smoothing=label_smoothing)
 
 # %% ../nbs/05_losses.ipynb #98c46c74
-class BaselineLoss:
-    "Label-smoothed cross-entropy on the logits + `triplet_weight` × batch-hard triplet on the embedding."
-    def __init__(self, label_smoothing:float=0.1, triplet_margin:float|None=0.3, triplet_weight:float=1.0):
-        self.label_smoothing, self.triplet_margin, self.triplet_weight = label_smoothing, triplet_margin, triplet_weight
-        self.parts = {}
+@dataclass
+class Term:
+    "One named, weighted loss term: `weight × fn(*values of reads, **kwargs)`."
+    name:str
+    fn:Callable
+    reads:tuple                      # keys: 'logits.<n>', 'feats.<n>', 'maps.<n>', 'pids', 'targets.<n>'
+    weight:float = 1.0
+    kwargs:dict = field(default_factory=dict)
 
-    @classmethod
-    def from_cfg(cls, cfg): return cls(cfg.label_smoothing, cfg.triplet_margin, cfg.triplet_weight)
+class WeightedLoss:
+    "Σ weight × term over named `Term`s of the train-mode `Outputs`, labels and targets; `.parts` = last values."
+    def __init__(self, terms):
+        self.terms, self.parts = list(terms), {}
+        names = [t.name for t in self.terms]
+        if not names: raise ValueError("A WeightedLoss needs at least one Term.")
+        if len(set(names)) != len(names): raise ValueError(f"Loss term names must be distinct; got {names}.")
 
-    def __call__(self, preds, pids:torch.Tensor) -> torch.Tensor:
-        if not (isinstance(preds, (tuple, list)) and len(preds) == 2):
-            raise TypeError("BaselineLoss expects the train-mode output (logits, embedding) of the model; got "
-                            f"{type(preds).__name__}. Is the model in eval mode?")
-        logits, emb = preds
-        ce = cross_entropy(logits, pids, self.label_smoothing)
-        tri = batch_hard_triplet_loss(emb, pids, self.triplet_margin)
-        self.parts = {'ce': ce.detach(), 'triplet': tri.detach()}
-        return ce + self.triplet_weight * tri
+    def _reader(self, out:Outputs, pids, targets:dict):
+        def read(key:str):
+            if key == 'pids': return pids
+            if key.startswith('targets.'):
+                if key[8:] not in targets:
+                    raise KeyError(f"The batch has no target {key[8:]!r}; it carries: {', '.join(targets) or 'none'}. "
+                                   "The method's sample recipe must produce every target its loss terms read.")
+                return targets[key[8:]]
+            return out.read(key)
+        return read
 
-    def __repr__(self):
-        return (f"BaselineLoss(label_smoothing={self.label_smoothing}, triplet_margin={self.triplet_margin}, "
-                f"triplet_weight={self.triplet_weight})")
+    def __call__(self, out, pids:torch.Tensor, targets:dict|None=None) -> torch.Tensor:
+        if not isinstance(out, Outputs):
+            raise TypeError(f"The loss expects the model's train-mode Outputs; got {type(out).__name__}. Is the model in eval mode?")
+        read, total, parts = self._reader(out, pids, targets or {}), None, {}
+        for t in self.terms:
+            v = t.fn(*map(read, t.reads), **t.kwargs)
+            parts[t.name] = v.detach()
+            total = t.weight * v if total is None else total + t.weight * v
+        self.parts = parts
+        return total
 
-# %% ../nbs/05_losses.ipynb #15faf17e
-LOSSES = {'baseline': BaselineLoss.from_cfg}
+    def __repr__(self): return 'WeightedLoss(' + ' + '.join(f'{t.weight:g}×{t.name}' for t in self.terms) + ')'
 
-def build_loss(cfg):
-    "The training loss of `cfg.method`, configured from `cfg`."
-    return LOSSES[check_choice('method', cfg.method, LOSSES)](cfg)
+def baseline_terms(cfg) -> list[Term]:
+    "The baseline's terms: label-smoothed CE on `logits.id` + `triplet_weight` × batch-hard triplet on `feats.triplet`."
+    return [Term('ce', cross_entropy, ('logits.id', 'pids'), 1.0, dict(label_smoothing=cfg.label_smoothing)),
+            Term('triplet', batch_hard_triplet_loss, ('feats.triplet', 'pids'), cfg.triplet_weight, dict(margin=cfg.triplet_margin))]

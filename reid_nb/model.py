@@ -5,6 +5,7 @@
 # %% ../nbs/04_model.ipynb #4b379bdc
 from __future__ import annotations
 import warnings
+from dataclasses import dataclass, field
 from collections import OrderedDict
 from pathlib import Path
 from typing import NamedTuple
@@ -16,7 +17,7 @@ from torchvision.models.resnet import ResNet, BasicBlock, Bottleneck
 from .core import check_choice
 
 # %% auto #0
-__all__ = ['BACKBONES', 'MODELS', 'BackboneSpec', 'set_last_stride', 'build_backbone', 'ReIDBaseline', 'build_model']
+__all__ = ['BACKBONES', 'BackboneSpec', 'set_last_stride', 'build_backbone', 'Outputs', 'ReIDBaseline', 'build_baseline']
 
 # %% ../nbs/04_model.ipynb #29815332
 class BackboneSpec(NamedTuple):
@@ -93,6 +94,24 @@ def build_backbone(name:str='resnet50', pretrained=True, last_stride:int=1) -> t
     trunk.pretrained_weights = loaded
     return trunk, 512 * spec.block.expansion
 
+# %% ../nbs/04_model.ipynb #7438575c
+@dataclass
+class Outputs:
+    "A model's train-mode output: named logits, features and maps, read by key (`'logits.id'`, `'feats.triplet'`)."
+    logits:dict = field(default_factory=dict)   # name -> (B, n_classes)
+    feats:dict = field(default_factory=dict)    # name -> (B, D)
+    maps:dict = field(default_factory=dict)     # name -> (B, h, w) or (B, C, h, w)
+
+    def keys(self) -> list[str]: return [f'{k}.{n}' for k in ('logits', 'feats', 'maps') for n in getattr(self, k)]
+
+    def read(self, key:str) -> torch.Tensor:
+        "The tensor named `key` = `'<logits|feats|maps>.<name>'`; an unknown key raises an error listing the available ones."
+        kind, _, name = key.partition('.')
+        found = getattr(self, kind, None) if kind in ('logits', 'feats', 'maps') else None
+        if found is None or name not in found:
+            raise KeyError(f"The model outputs have no {key!r}; available: {', '.join(self.keys()) or 'none'}.")
+        return found[name]
+
 # %% ../nbs/04_model.ipynb #547daf69
 class ReIDBaseline(nn.Module):
     "Backbone → GAP → linear embedding → BNNeck → bias-free identity classifier."
@@ -107,23 +126,21 @@ class ReIDBaseline(nn.Module):
         nn.init.kaiming_normal_(self.embedding.weight, mode='fan_out'); nn.init.zeros_(self.embedding.bias)
         nn.init.normal_(self.classifier.weight, std=0.001)
 
+    def param_groups(self) -> dict:
+        "Parameter groups for per-group learning rates: the (pretrained) backbone and the new layers."
+        return {'backbone': [self.backbone], 'new': [self.embedding, self.bnneck, self.classifier]}
+
     def forward(self, x):
         fmap = self.backbone(x)                                  # (B, C, h, w)
         f_t = self.embedding(F.adaptive_avg_pool2d(fmap, 1).flatten(1))  # (B, embed_dim): triplet feature
         f_i = self.bnneck(f_t)                                   # (B, embed_dim): classifier / test feature
         if not self.training: return f_i if self.neck_feat == 'after' else f_t
-        return self.classifier(f_i), f_t
+        return Outputs(logits={'id': self.classifier(f_i)}, feats={'triplet': f_t})
 
 # %% ../nbs/04_model.ipynb #50611165
-def _build_baseline(cfg, n_classes:int) -> nn.Module:
-    bb, c = build_backbone(cfg.backbone, pretrained=cfg.pretrained, last_stride=cfg.last_stride)
-    return ReIDBaseline(bb, c, n_classes, embed_dim=cfg.embed_dim)
-
-MODELS = {'baseline': _build_baseline}
-
-def build_model(cfg, n_classes:int) -> nn.Module:
-    "The model of `cfg.method` on backbone `cfg.backbone`, with an identity classifier over `n_classes`."
-    check_choice('method', cfg.method, MODELS)
+def build_baseline(cfg, n_classes:int) -> nn.Module:
+    "The BNNeck baseline on backbone `cfg.backbone` with an identity classifier over `n_classes`."
     check_choice('backbone', cfg.backbone, BACKBONES)
     if n_classes < 2: raise ValueError(f"Expected at least 2 training identities (n_classes), got {n_classes}.")
-    return MODELS[cfg.method](cfg, n_classes)
+    bb, c = build_backbone(cfg.backbone, pretrained=cfg.pretrained, last_stride=cfg.last_stride)
+    return ReIDBaseline(bb, c, n_classes, embed_dim=cfg.embed_dim)

@@ -12,7 +12,7 @@ from .core import atomic_path, check_choice, write_text_atomic, write_json_atomi
 from .experiment import RunRecord, experiments_for, validate_config
 
 # %% auto #0
-__all__ = ['notebooks_dir', 'render_html', 'RunFailed', 'execute_run', 'results_table', 'write_index', 'reproduce']
+__all__ = ['notebooks_dir', 'render_html', 'RunFailed', 'execute_run', 'results_table', 'write_index', 'runs_for', 'reproduce']
 
 # %% ../nbs/09_reports.ipynb #6e011629
 def notebooks_dir() -> Path:
@@ -91,8 +91,10 @@ def results_table(records:list[RunRecord]) -> pd.DataFrame:
 def write_index(out_dir, preset:str, records:list[RunRecord]) -> Path:
     "Write `index.html` and `results.json` for the runs in `records` into `out_dir`."
     out_dir = Path(out_dir)
-    df = results_table(records)
-    write_json_atomic(out_dir/'results.json', df.to_dict(orient='records'))
+    from reid_nb.tables import build_tables, write_table_pages, tables_index_html
+    df, tables = results_table(records), build_tables(records, preset)
+    write_table_pages(out_dir, tables)
+    write_json_atomic(out_dir/'results.json', {'preset': preset, 'runs': df.to_dict(orient='records'), 'tables': tables})
     datasets = ', '.join(sorted({r.dataset.get('name', r.config['dataset']) for r in records}))
     run_cols = ['run', 'method', 'dataset', 'backbone', 'input', 'epochs', 'time (s)']
     table = df.drop(columns=run_cols[1:]).to_html(index=False, float_format=lambda x: f'{x:.1f}', border=0, escape=True, na_rep='—')
@@ -118,6 +120,11 @@ single-gallery-shot), Euclidean distance on flip-averaged features; CMC rank-k a
 (k1 = 20, k2 = 6, λ = 0.3). <i>Chance</i> is the expected score of a random ranking of the same gallery — the floor every
 number should be far above.</p>
 {table}
+<h2>The papers' tables</h2>
+<p>Every comparison and ablation table of MGRAN, MMGA and FMN, the paper's numbers beside ours, with 95 % bootstrap
+intervals over queries. Ours come from the dataset and preset named on each page — not the papers' datasets unless the
+preset is <code>paper</code>.</p>
+{tables_index_html(tables)}
 <h2>Runs</h2>
 {runs_table}
 <h2>Data</h2>{sizes}
@@ -127,10 +134,19 @@ number should be far above.</p>
     return write_text_atomic(out_dir/'index.html', page)
 
 # %% ../nbs/09_reports.ipynb #ab45f4e7
+def runs_for(preset:str, tables:list[str]|None=None, only:list[str]|None=None) -> list[str]|None:
+    "Run names to execute: `only`, or the runs of `preset` that `tables` need (None: every run of the preset)."
+    from reid_nb.tables import runs_for_tables
+    if tables is None: return only
+    wanted = runs_for_tables(tables)
+    have = {n for n, _ in experiments_for(preset)}
+    return [n for n in wanted if n in have and (only is None or n in only)]
+
 def reproduce(preset:str='smoke', out='reports', only:list[str]|None=None, overrides:dict|None=None,
-              progress:bool=True) -> Path:
-    "Run every experiment of `preset` (with config `overrides`) through papermill into `out`; return `index.html`."
+              progress:bool=True, tables:list[str]|None=None) -> Path:
+    "Run every experiment of `preset` (or those `tables` need; with config `overrides`) through papermill into `out`; return `index.html`."
     check_choice('preset', preset, PRESETS)
+    only = runs_for(preset, tables, only)
     overrides = overrides or {}
     if 'name' in overrides: raise ValueError("Runs are named by the preset (see experiments_for); drop 'name' from the overrides.")
     out = Path(out); runs = [(n, {**o, **overrides}) for n, o in experiments_for(preset, only)]

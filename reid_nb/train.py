@@ -5,6 +5,7 @@
 # %% ../nbs/07_train.ipynb #4a24bde6
 from __future__ import annotations
 import json, math, warnings
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 import numpy as np
@@ -21,14 +22,15 @@ from fastai.learner import Learner, save_model, load_model
 from fastai.optimizer import Adam, SGD
 from fastai.torch_core import get_model, rank_distrib
 from .core import check_choice, default_device, atomic_path, write_json_atomic
-from .losses import build_loss
+from .losses import WeightedLoss, baseline_terms
 from .evaluation import extract_features, euclidean_distance, evaluate_ranking
 
 # %% auto #0
 __all__ = ['RESUME_MAY_CHANGE', 'OPTIMIZERS', 'SCHEDULES', 'toy_reid_images', 'toy_reid_dls', 'SkipValidationCallback',
            'LossPartsRecorder', 'ReIDEvalCallback', 'training_history', 'save_checkpoint', 'check_resume_config',
-           'load_checkpoint', 'ReIDCheckpointCallback', 'reid_splitter', 'reid_learner', 'warmup_step_schedule',
-           'fit_reid', 'plot_training_curves']
+           'load_checkpoint', 'ReIDCheckpointCallback', 'named_param_groups', 'reid_splitter', 'default_lr_mults',
+           'group_lrs', 'reid_learner', 'warmup_step_schedule', 'fit_reid', 'plot_training_curves', 'Stage',
+           'resolve_modules', 'frozen_modules', 'FrozenModules', 'fit_stages']
 
 # %% ../nbs/07_train.ipynb #5ce17394
 def toy_reid_images(n_ids:int=16, n_imgs:int=8, n_cams:int=2, size:tuple=(64, 32), colour_jitter:float=1.5,
@@ -81,7 +83,7 @@ class LossPartsRecorder(Callback):
     def after_batch(self):
         if not self.training or not len(self.yb): return
         h, n = self.history, len(self.history['loss'])
-        h['epoch'].append(self.epoch + (self.iter + 1) / self.n_iter)
+        h['epoch'].append(getattr(self.learn, 'epoch_offset', 0) + self.epoch + (self.iter + 1) / self.n_iter)
         h['loss'].append(float(self.learn.loss.detach()))
         h['lr'].append(float(self.opt.hypers[-1]['lr']))
         for k, v in getattr(self.learn.loss_func, 'parts', {}).items():
@@ -91,9 +93,10 @@ class LossPartsRecorder(Callback):
 
 # %% ../nbs/07_train.ipynb #fee57e05
 class ReIDEvalCallback(Callback):
-    "Evaluate rank-1/mAP on `query_dl` vs `gallery_dl` every `every` epochs (and after the last); keep `.history`."
+    "Evaluate rank-1/mAP on `query_dl` vs `gallery_dl` every `every` epochs (and after the last) with `evaluate_fn`; keep `.history`."
     order, name = 55, 'reid_eval'
-    def __init__(self, query_dl, gallery_dl, every:int=1, flip:bool=True, progress:bool=False, columns=('rank1', 'mAP')):
+    def __init__(self, query_dl, gallery_dl, every:int=1, flip:bool=True, progress:bool=False, columns=('rank1', 'mAP'),
+                 evaluate_fn=None):
         if every < 1: raise ValueError(f"every must be a positive number of epochs, got {every}.")
         store_attr(); self.history = []
 
@@ -112,15 +115,17 @@ class ReIDEvalCallback(Callback):
         self._trained = False
         due = (self.epoch + 1) % self.every == 0 or self.epoch == self.n_epoch - 1
         row = self.evaluate() if due and rank_distrib() == 0 else None
-        if hasattr(self.learn, 'recorder'): self.recorder.log += [row[c] if row else '' for c in self.columns]
+        if hasattr(self.learn, 'recorder'): self.recorder.log += [row.get(c, '') if row else '' for c in self.columns]
 
     def evaluate(self) -> dict:
         "Evaluate the current model now; append and return the history row."
         model = get_model(self.learn.model)
         qf, qp, qc = extract_features(model, self.query_dl, flip=self.flip, progress=self.progress)
         gf, gp, gc = extract_features(model, self.gallery_dl, flip=self.flip, progress=self.progress)
-        res = evaluate_ranking(euclidean_distance(qf, gf), qp, gp, qc, gc)
-        row = {'epoch': int(getattr(self, 'epoch', -1)), **{k: float(res[k]) for k in ('rank1', 'rank5', 'rank10', 'mAP', 'mINP')}}
+        res = (self.evaluate_fn or evaluate_ranking)(euclidean_distance(qf, gf), qp, gp, qc, gc)  # the run's protocol
+        epoch = int(getattr(self, 'epoch', -1)) + getattr(self.learn, 'epoch_offset', 0)
+        row = {'epoch': epoch, **{k: float(res[k]) for k in ('rank1', 'rank5', 'rank10', 'mAP', 'mINP') if k in res}}
+        if getattr(self.learn, 'stage_name', None): row['stage'] = self.learn.stage_name
         self.history.append(row)
         return row
 
@@ -191,17 +196,43 @@ class ReIDCheckpointCallback(Callback):
 # %% ../nbs/07_train.ipynb #03658729
 OPTIMIZERS = {'adam': partial(Adam, decouple_wd=False), 'sgd': partial(SGD, mom=0.9, decouple_wd=False)}
 
-def reid_splitter(model:nn.Module) -> list:
-    "Parameter groups: [backbone, new layers] when the model has a `.backbone`, else one group."
-    params = [p for p in model.parameters() if p.requires_grad]
-    bb = getattr(get_model(model), 'backbone', None)
-    if bb is None: return [params]
-    ids = {id(p) for p in bb.parameters()}
-    return [[p for p in params if id(p) in ids], [p for p in params if id(p) not in ids]]
+def named_param_groups(model:nn.Module) -> dict[str, list]:
+    "Trainable parameters by group name: `model.param_groups()`, else backbone / new when it has `.backbone`, else 'all'."
+    m = get_model(model)
+    if hasattr(m, 'param_groups'): spec = m.param_groups()
+    elif getattr(m, 'backbone', None) is not None: spec = {'backbone': [m.backbone], 'new': None}
+    else: spec = {'all': None}
+    groups, seen = {}, set()
+    for name, mods in spec.items():
+        if mods is None: continue  # the rest, filled below
+        ps = [p for mod in mods for p in (mod.parameters() if isinstance(mod, nn.Module) else [mod]) if id(p) not in seen]
+        seen.update(map(id, ps)); groups[name] = ps
+    rest = [p for p in m.parameters() if id(p) not in seen]
+    rest_name = next((n for n, mods in spec.items() if mods is None), None)
+    if rest_name is not None: groups[rest_name] = rest
+    elif any(p.requires_grad for p in rest):
+        raise ValueError(f"{type(m).__name__}.param_groups() leaves {len(rest)} trainable parameter tensors out of every "
+                         "group; list every module in a group (or name one group None: 'the rest').")
+    groups = {n: [p for p in ps if p.requires_grad] for n, ps in groups.items()}
+    return {n: ps for n, ps in groups.items() if ps}   # a fully frozen group has nothing to optimise
 
-def _backbone_lr_mult(model) -> float:
-    bb = getattr(get_model(model), 'backbone', None)
-    return 0.1 if getattr(bb, 'pretrained_weights', None) else 1.0
+def reid_splitter(model:nn.Module) -> list:
+    "fastai splitter: the trainable parameters of each of `named_param_groups(model)`, in order."
+    return list(named_param_groups(model).values())
+
+def default_lr_mults(model, cfg) -> dict:
+    "Learning-rate multipliers by group: the backbone's is `cfg.backbone_lr_mult` (None: 0.1 if pretrained, else 1)."
+    mult = getattr(cfg, 'backbone_lr_mult', None)
+    if mult is None: mult = 0.1 if getattr(getattr(get_model(model), 'backbone', None), 'pretrained_weights', None) else 1.0
+    return {'backbone': mult}
+
+def group_lrs(model, base_lr:float, mults:dict):
+    "One learning rate per trainable group of `model`: `base_lr × mults.get(name, 1)` (a float when there is one group)."
+    names = list(named_param_groups(model))
+    unknown = sorted(set(mults) - set(names) - {'backbone'})
+    if unknown: raise ValueError(f"Learning-rate multipliers name group(s) {unknown} that the model does not have; its trainable groups: {names}.")
+    lrs = np.array([base_lr * mults.get(n, 1.0) for n in names])
+    return float(lrs[0]) if len(lrs) == 1 else lrs
 
 def reid_learner(dls:DataLoaders, model:nn.Module, cfg, cbs=None, loss_func=None, backbone_lr_mult:float|None=None,
                  path=None) -> Learner:
@@ -211,10 +242,10 @@ def reid_learner(dls:DataLoaders, model:nn.Module, cfg, cbs=None, loss_func=None
         raise TypeError(f"Expected fastai DataLoaders (e.g. DataLoaders(train_dl)), found {type(dls).__name__}.")
     if len(dls.loaders) < 2: dls.loaders.append(None)  # fastai reads dls[1] before our callback skips validation
     if getattr(dls, '_device', None) is None: dls._device = default_device(cfg.device)
-    mult = backbone_lr_mult if backbone_lr_mult is not None else getattr(cfg, 'backbone_lr_mult', None)
-    mult = _backbone_lr_mult(model) if mult is None else mult
-    lr = cfg.lr if len(reid_splitter(model)) == 1 else np.array([cfg.lr * mult, cfg.lr])
-    learn = Learner(dls, model, loss_func=loss_func if loss_func is not None else build_loss(cfg), opt_func=opt_func,
+    mults = default_lr_mults(model, cfg) if backbone_lr_mult is None else {'backbone': backbone_lr_mult}
+    lr = group_lrs(model, cfg.lr, mults)
+    loss_func = loss_func if loss_func is not None else WeightedLoss(baseline_terms(cfg))
+    learn = Learner(dls, model, loss_func=loss_func, opt_func=opt_func,
                     lr=lr, splitter=reid_splitter, wd=cfg.weight_decay, path=path,
                     cbs=[SkipValidationCallback(), LossPartsRecorder()] + list(L(cbs)))
     learn.recorder.valid_metrics = False
@@ -302,3 +333,73 @@ def plot_training_curves(learn_or_history, beta:float=0.9, title:str|None=None):
     if title: fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+# %% ../nbs/07_train.ipynb #233f8b1d
+@dataclass
+class Stage:
+    "One fit of a run: epochs, optimiser, learning rates, schedule, and the modules it trains or keeps frozen."
+    name:str = 'train'
+    epochs:int|None = None                        # None: cfg.epochs
+    lr:float|None = None                          # base learning rate (a group's is lr × its multiplier); None: cfg.lr
+    lr_mults:dict = field(default_factory=dict)   # group name -> multiplier, over `default_lr_mults`
+    schedule:str|None = None                      # 'one_cycle' or 'warmup_step'; None: cfg.schedule
+    schedule_kwargs:dict = field(default_factory=dict)  # e.g. warmup_step: dict(warmup=0, milestones=(20,), gamma=0.1)
+    opt:str|None = None                           # 'adam' or 'sgd'; None: cfg.opt
+    freeze:tuple = ()                             # module names frozen in this stage (no gradient, eval mode)
+    train:tuple|None = None                       # if given, only these (top-level) modules train; the rest are frozen
+
+def resolve_modules(model:nn.Module, names, what:str='A stage') -> dict:
+    "The submodules of `model` called `names` (dotted paths allowed); an unknown name raises an error listing the module names."
+    m, out = get_model(model), {}
+    for n in names:
+        try: out[n] = m.get_submodule(n)
+        except AttributeError:
+            raise ValueError(f"{what} names module {n!r}, which the model ({type(m).__name__}) does not have. Its modules: "
+                             f"{', '.join(c for c, _ in m.named_children())} (dotted paths such as 'backbone.layer4' reach deeper ones).") from None
+    return out
+
+def frozen_modules(model:nn.Module, stage:Stage) -> dict:
+    "The modules `stage` keeps frozen: its `freeze` list, plus every top-level module outside `train` when that is given."
+    m = get_model(model)
+    out = resolve_modules(m, stage.freeze, f"Stage {stage.name!r} (freeze)")
+    if stage.train is not None:
+        keep = {n.split('.')[0] for n in resolve_modules(m, stage.train, f"Stage {stage.name!r} (train)")}
+        out.update({n: c for n, c in m.named_children() if n not in keep})
+    return out
+
+class FrozenModules(Callback):
+    "Put `modules` back in eval mode whenever training starts, so their BatchNorm statistics and dropout stay fixed."
+    order = -9  # right after fastai's TrainEvalCallback (-10) has put the whole model in train mode
+    def __init__(self, modules): self.modules = list(modules)
+    def before_train(self):
+        for m in self.modules: m.eval()
+
+# %% ../nbs/07_train.ipynb #7411e286
+def fit_stages(learn:Learner, cfg, stages, ckpt_dir=None, resume:bool=True, every:int=1, keep:int=1) -> Learner:
+    "Train `learn` through `stages` in order, each its own fit; checkpoint into / resume from `ckpt_dir/<stage name>`."
+    stages = list(stages)
+    names = [s.name for s in stages]
+    if not stages: raise ValueError("fit_stages needs at least one Stage.")
+    if len(set(names)) != len(names): raise ValueError(f"Stage names must be distinct (they name checkpoint folders); got {names}.")
+    model = get_model(learn.model)
+    own = {id(p): p.requires_grad for p in model.parameters()}
+    frozen = [frozen_modules(model, s) for s in stages]  # every stage's names checked before any training
+    offset = 0
+    try:
+        for st, fr in zip(stages, frozen):
+            for p in model.parameters(): p.requires_grad_(own[id(p)])
+            for m in fr.values(): m.requires_grad_(False)
+            learn.opt, learn.opt_func = None, OPTIMIZERS[check_choice(f'optimizer of stage {st.name!r}', st.opt or cfg.opt, OPTIMIZERS)]
+            learn.lr = group_lrs(model, st.lr or cfg.lr, {**default_lr_mults(model, cfg), **st.lr_mults})
+            learn.epoch_offset, learn.stage_name = offset, (st.name if len(stages) > 1 else None)
+            n_epoch = st.epochs or cfg.epochs
+            cb = FrozenModules(fr.values()); learn.add_cb(cb)
+            try:
+                fit_reid(learn, cfg, epochs=n_epoch, ckpt_dir=None if ckpt_dir is None else Path(ckpt_dir)/st.name,
+                         resume=resume, schedule=st.schedule or getattr(cfg, 'schedule', None), every=every, keep=keep,
+                         **st.schedule_kwargs)
+            finally: learn.remove_cb(cb)
+            offset += n_epoch
+    finally:
+        for p in model.parameters(): p.requires_grad_(own[id(p)])
+    return learn

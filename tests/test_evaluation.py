@@ -9,7 +9,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from reid_nb.evaluation import (extract_features, euclidean_distance, evaluate_ranking, chance_level,
                                 protocol_keep, ranked_gallery, plot_cmc, plot_ranked_list, pool_features,
-                                evaluate_single_gallery_shot, single_gallery_shot_picks, mean_over_splits)
+                                evaluate_single_gallery_shot, single_gallery_shot_picks, mean_over_splits, bootstrap_ci)
 
 
 def brute_force(distmat, q_pids, g_pids, q_camids, g_camids, max_rank, with_trapezoid=False):
@@ -441,3 +441,150 @@ def test_load_image_uses_the_pipeline_reader(tmp_path):
     a = _load_image(tmp_path / 'a.png')
     assert a.shape == (4, 3, 3) and (a == 7).all()
     with pytest.raises(FileNotFoundError, match='b.png'): _load_image(str(tmp_path / 'b.png'))
+
+
+def brute_force_per_query(distmat, q_pids, g_pids, q_camids, g_camids):
+    "Per scored query, in query order: rank of the first hit and AP (loops, stable argsort)."
+    firsts, aps = [], []
+    for i in range(distmat.shape[0]):
+        order = np.argsort(distmat[i], kind='stable')
+        kept = [j for j in order if g_pids[j] != -1 and not (g_pids[j] == q_pids[i] and g_camids[j] == q_camids[i])]
+        hits = [int(g_pids[j] == q_pids[i]) for j in kept]
+        if sum(hits) == 0: continue
+        ranks = [r for r, h in enumerate(hits, 1) if h]
+        firsts.append(ranks[0]); aps.append(np.mean([n / r for n, r in enumerate(ranks, 1)]))
+    return np.array(firsts), np.array(aps)
+
+
+@pytest.mark.parametrize('seed', range(8))
+def test_per_query_scores_match_brute_force_and_average_exactly(seed):
+    rng = np.random.default_rng(seed)
+    Q, G = int(rng.integers(5, 40)), int(rng.integers(20, 80))
+    args = random_problem(rng, Q, G, n_ids=int(rng.integers(2, 8)), n_cams=3, ties=seed % 2 == 0)
+    firsts, aps = brute_force_per_query(*args)
+    if len(firsts) == 0: return
+    max_rank = int(rng.integers(1, 30))  # rank-20 must not depend on it
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        res = evaluate_ranking(*args, max_rank=max_rank, chunk_size=int(rng.integers(1, 8)))
+    pq = res['per_query']
+    assert list(pq) == ['rank1', 'rank5', 'rank10', 'rank20', 'mAP']
+    for k in (1, 5, 10, 20):
+        assert pq[f'rank{k}'].dtype == np.float64 and pq[f'rank{k}'].shape == (res['num_valid_queries'],)
+        np.testing.assert_array_equal(pq[f'rank{k}'], (firsts <= k).astype(float))
+    np.testing.assert_allclose(pq['mAP'], aps, atol=1e-12)
+    for k, v in pq.items(): assert v.mean() == res[k], k  # exactly, not approximately
+    assert res['rank20'] == np.mean(firsts <= 20)
+    if max_rank >= 20: assert res['rank20'] == res['cmc'][19]
+
+
+def test_rank20_beyond_max_rank_and_gallery():
+    "A first hit at rank 15 counts for rank-20 even with max_rank=10; a gallery of 3 repeats its last value."
+    g_pids = np.r_[np.full(14, 2), 1]; g_camids = np.ones(15, int)
+    d = np.arange(15, dtype=float)[None]
+    res = evaluate_ranking(d, [1], g_pids, [0], g_camids, max_rank=10)
+    assert (res['rank10'], res['rank20'], len(res['cmc'])) == (0.0, 1.0, 10)
+    assert evaluate_ranking([[0.3, 0.1, 0.2]], [1], [2, 2, 1], [0], [1, 1, 1], max_rank=2)['rank20'] == 1.0
+
+
+def sgs_brute_force_per_query(distmat, q_pids, g_pids, q_camids, g_camids, repeats, seed, max_rank):
+    "Per valid query (query order): fraction of the samplings with the match within rank k (k cut at max_rank)."
+    ids = list(np.unique(g_pids))
+    out = []
+    for i in range(len(q_pids)):
+        picks = single_gallery_shot_picks(g_pids, g_camids, int(q_camids[i]), repeats, seed).numpy()
+        if q_pids[i] not in ids or q_pids[i] == -1 or picks[0, ids.index(q_pids[i])] < 0: continue
+        col = ids.index(q_pids[i])
+        ranks = [sorted([j for j in p if j >= 0], key=lambda j: (distmat[i, j], j)).index(p[col]) + 1 for p in picks]
+        out.append([np.mean([r <= min(k, max_rank) for r in ranks]) for k in (1, 5, 10, 20)])
+    return np.array(out)
+
+
+@pytest.mark.parametrize('seed,max_rank', [(0, 10), (1, 3), (2, 50), (3, 25)])
+def test_single_gallery_shot_per_query(seed, max_rank):
+    rng = np.random.default_rng(seed)
+    g_pids = np.concatenate([rng.integers(1, 25, 120), [-1]]); g_camids = rng.integers(0, 2, 121)
+    q_pids, q_camids = rng.integers(1, 27, 20), rng.integers(0, 2, 20)
+    distmat = rng.integers(0, 5, (20, 121)).astype(float) if seed % 2 else rng.random((20, 121))
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        res = evaluate_single_gallery_shot(distmat, q_pids, g_pids, q_camids, g_camids, repeats=7, seed=seed, max_rank=max_rank)
+    expected = sgs_brute_force_per_query(distmat, q_pids, g_pids, q_camids, g_camids, 7, seed, max_rank)
+    pq = res['per_query']
+    assert list(pq) == ['rank1', 'rank5', 'rank10', 'rank20'] and len(pq['rank1']) == res['num_valid_queries']
+    for j, k in enumerate((1, 5, 10, 20)):
+        np.testing.assert_allclose(pq[f'rank{k}'], expected[:, j], atol=1e-12)
+        assert pq[f'rank{k}'].mean() == pytest.approx(res[f'rank{k}'], abs=1e-12)
+        assert res[f'rank{k}'] == res['cmc'][min(k, max_rank) - 1]
+    assert mean_over_splits([res, res])['rank20'] == res['rank20']
+
+
+def bootstrap_brute_force(per_query, n_boot, level, seed):
+    "One draw at a time: n uniforms → indices floor(n·u), the mean of every metric on them, then percentiles."
+    rng = np.random.default_rng(seed)
+    n = len(next(iter(per_query.values())))
+    means = {k: [] for k in per_query}
+    for _ in range(n_boot):
+        idx = [min(int(u * n), n - 1) for u in rng.random(n)]
+        for k, v in per_query.items(): means[k].append(sum(v[i] for i in idx) / n)
+    q = [100 * (1 - level) / 2, 100 * (1 + level) / 2]
+    return {k: tuple(np.percentile(m, q)) for k, m in means.items()}
+
+
+@pytest.mark.parametrize('n,n_boot,level,seed', [(7, 200, 0.95, 0), (13, 333, 0.9, 5), (1, 10, 0.5, 2)])
+def test_bootstrap_matches_brute_force(n, n_boot, level, seed):
+    rng = np.random.default_rng(seed)
+    pq = {'rank1': (rng.random(n) < 0.5).astype(float), 'mAP': rng.random(n)}
+    fast, slow = bootstrap_ci(pq, n_boot, level, seed), bootstrap_brute_force(pq, n_boot, level, seed)
+    assert list(fast) == list(pq)
+    for k in pq: np.testing.assert_allclose(fast[k], slow[k], atol=1e-12, rtol=0)
+
+
+def test_bootstrap_chunks_do_not_change_the_draws():
+    "Draws come in chunks of 2**22 // n: a problem needing several chunks equals the draw-by-draw loop."
+    rng = np.random.default_rng(0)
+    n = 2**22 // 3 + 1                          # chunks of 2 draws, the last one shorter
+    pq = {'rank1': (rng.random(n) < 0.3).astype(float)}
+    fast = bootstrap_ci(pq, n_boot=5, seed=3)
+    gen = np.random.default_rng(3)
+    means = [pq['rank1'][np.minimum((gen.random(n) * n).astype(np.int64), n - 1)].mean() for _ in range(5)]
+    np.testing.assert_allclose(fast['rank1'], np.percentile(means, [2.5, 97.5]), atol=1e-12, rtol=0)
+
+
+def test_bootstrap_contains_estimate_narrows_and_is_seeded():
+    rng = np.random.default_rng(0)
+    small, large = [{'rank1': (rng.random(n) < 0.4).astype(float), 'mAP': rng.beta(2, 3, n)} for n in (50, 5000)]
+    for pq in (small, large):
+        ci = bootstrap_ci(pq)
+        for k, (lo, hi) in ci.items(): assert lo <= pq[k].mean() <= hi and lo < hi
+    w = {n: {k: hi - lo for k, (lo, hi) in bootstrap_ci(pq).items()} for n, pq in ((50, small), (5000, large))}
+    for k in ('rank1', 'mAP'): assert w[5000][k] < w[50][k] / 5   # ≈ 1/√100 = 1/10 as wide
+    assert bootstrap_ci(small, seed=4) == bootstrap_ci(small, seed=4) != bootstrap_ci(small, seed=5)
+    assert bootstrap_ci(small, level=0.5)['rank1'][1] - bootstrap_ci(small, level=0.5)['rank1'][0] < w[50]['rank1']
+
+
+def test_bootstrap_on_an_evaluation():
+    "The per_query of a real evaluation goes straight in; every interval holds its point estimate."
+    rng = np.random.default_rng(3)
+    args = random_problem(rng, 60, 200, n_ids=10, n_cams=3, ties=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        res = evaluate_ranking(*args)
+    ci = bootstrap_ci(res['per_query'], n_boot=300)
+    assert list(ci) == ['rank1', 'rank5', 'rank10', 'rank20', 'mAP']
+    for k, (lo, hi) in ci.items(): assert lo <= res[k] <= hi
+
+
+@pytest.mark.parametrize('bad,match', [
+    ({}, 'non-empty dict'), ([0.5, 1.0], 'non-empty dict'),
+    ({'rank1': []}, "per_query\\['rank1'\\] has shape \\(0,\\); expected a 1-D array of one or more scores"),
+    ({'rank1': [1., 0., 1.], 'mAP': [0.2, 0.3]}, "per_query\\['mAP'\\] has shape \\(2,\\); expected a 1-D array of 3 scores"),
+    ({'rank1': [[1., 0.]]}, 'has shape \\(1, 2\\); expected a 1-D array of 1 scores'),
+    ({'mAP': [0.1, np.nan]}, 'NaN/inf')])
+def test_bootstrap_bad_inputs(bad, match):
+    with pytest.raises(ValueError, match=match): bootstrap_ci(bad)
+
+
+def test_bootstrap_bad_settings():
+    with pytest.raises(ValueError, match='n_boot must be a positive int'): bootstrap_ci({'a': [1.]}, n_boot=0)
+    with pytest.raises(ValueError, match='level must lie strictly between 0 and 1'): bootstrap_ci({'a': [1.]}, level=95)

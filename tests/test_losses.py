@@ -4,7 +4,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 from reid_nb.core import get_preset
-from reid_nb.losses import batch_hard_triplet_loss, cross_entropy, BaselineLoss, build_loss, pairwise_distance
+from reid_nb.losses import batch_hard_triplet_loss, cross_entropy, pairwise_distance, WeightedLoss, Term
+from reid_nb.model import Outputs
+from reid_nb.recipe import build_loss
 
 
 def brute_force_batch_hard(feats, pids, margin):
@@ -67,12 +69,29 @@ def test_cross_entropy_label_smoothing_by_formula():
 def test_baseline_loss_combines_and_records_parts():
     cfg = get_preset('smoke', triplet_weight=0.7, triplet_margin=0.5, label_smoothing=0.0)
     lf = build_loss(cfg)
-    assert isinstance(lf, BaselineLoss) and lf.triplet_weight == 0.7
+    assert isinstance(lf, WeightedLoss) and [(t.name, t.weight) for t in lf.terms] == [('ce', 1.0), ('triplet', 0.7)]
     logits, emb, pids = torch.randn(8, 4), torch.randn(8, 6), torch.arange(4).repeat(2)
-    loss = lf((logits, emb), pids)
+    loss = lf(Outputs(logits={'id': logits}, feats={'triplet': emb}), pids)
     ce, tri = F.cross_entropy(logits, pids), brute_force_batch_hard(emb, pids, 0.5)
     assert lf.parts['ce'].item() == pytest.approx(ce.item(), abs=1e-5)
     assert lf.parts['triplet'].item() == pytest.approx(tri, abs=1e-4)
     assert loss.item() == pytest.approx(ce.item() + 0.7 * tri, abs=1e-4)
     with pytest.raises(TypeError, match='eval mode'): lf(emb, pids)
-    with pytest.raises(ValueError, match="'baseline'"): build_loss(get_preset('smoke', method='mmga'))
+    with pytest.raises(ValueError, match="'baseline'"): build_loss(get_preset('smoke', method='nope'))
+
+
+def test_weighted_loss_reads_outputs_and_targets_by_name():
+    "Each term reads any output or target; the total is the weighted sum; parts are the unweighted values."
+    out = Outputs(logits={'a': torch.randn(4, 3)}, feats={'f': torch.randn(4, 2, requires_grad=True)}, maps={'m': torch.rand(4, 6, 2)})
+    targets = {'whole': torch.rand(4, 6, 2)}
+    lf = WeightedLoss([Term('mse', lambda m, t: (m - t).pow(2).mean(), ('maps.m', 'targets.whole'), 0.1),
+                       Term('norm', lambda f, p: f.norm(dim=1).mean() + 0 * p.sum(), ('feats.f', 'pids'), 2.0)])
+    total = lf(out, torch.arange(4), targets)
+    mse, norm = (out.maps['m'] - targets['whole']).pow(2).mean(), out.feats['f'].norm(dim=1).mean()
+    assert torch.allclose(total, 0.1 * mse + 2 * norm) and set(lf.parts) == {'mse', 'norm'}
+    assert torch.allclose(lf.parts['mse'], mse)
+    total.backward(); assert out.feats['f'].grad is not None
+    with pytest.raises(KeyError, match="available: logits.a, feats.f, maps.m"):
+        WeightedLoss([Term('x', torch.mean, ('maps.S1w',))])(out, torch.arange(4))
+    with pytest.raises(KeyError, match="it carries: whole"):
+        WeightedLoss([Term('x', torch.mean, ('targets.upper',))])(out, torch.arange(4), targets)

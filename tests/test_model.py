@@ -5,7 +5,8 @@ import torch
 from torch import nn
 from torchvision.models import ResNet18_Weights, ResNet50_Weights
 from reid_nb.core import get_preset
-from reid_nb.model import BACKBONES, build_backbone, ReIDBaseline, build_model
+from reid_nb.model import BACKBONES, build_backbone, ReIDBaseline
+from reid_nb.recipe import build_model
 
 
 def _fmap(name, last_stride, h=256, w=128):
@@ -94,7 +95,8 @@ def test_baseline_train_and_eval_outputs():
     cfg = get_preset('smoke', embed_dim=32)
     m = build_model(cfg, n_classes=7)
     x = torch.randn(4, 3, 64, 32)
-    logits, f_t = m.train()(x)
+    out = m.train()(x)
+    logits, f_t = out.read('logits.id'), out.read('feats.triplet')
     assert logits.shape == (4, 7) and f_t.shape == (4, 32)
     m.eval()
     with torch.no_grad(): f_i = m(x)

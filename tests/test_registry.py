@@ -15,6 +15,7 @@ def test_names_and_unknowns():
     with pytest.raises(ValueError, match=r"Unknown option\(s\) \['split'\] for dataset 'dukemtmcreid'"): get_dataset('dukemtmcreid', split=2)
     with pytest.raises(ValueError, match="'smoke', 'default', 'cuhk03'"): get_dataset('synthreid-cuhk03', size='market')
     assert 'market' in synth_sizes('synthreid') and 'duke' in synth_sizes('synthreid-duke')
+    assert all('quick' in synth_sizes(n) for n in SYNTHETIC_ANALOGS)              # the quick reproduction preset
 
 def test_real_dataset_default_root(reid_nb_data, tmp_path):
     with pytest.raises(FileNotFoundError, match='none at the default place') as e: get_dataset('cuhk03')

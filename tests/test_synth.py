@@ -160,3 +160,32 @@ def test_interrupted_overwrite_keeps_old_tree(tree, tmp_path, monkeypatch):
     _interrupt_after(monkeypatch, 10)
     with pytest.raises(KeyboardInterrupt): generate_synthreid(old, 'smoke', seed=5, overwrite=True, progress=False, **TINY)
     assert files(old) == before and [p.name for p in tmp_path.iterdir()] == ['t']
+
+def test_quick_size_plan():
+    "The quick reproduction preset: about 100 train and 100 test ids, few images, Market's distractors, junk and multi-query."
+    p = synth_params('quick')
+    assert (p['n_train_ids'], p['n_test_ids']) == (100, 100) and p['gt_per_query'] >= 2
+    assert list(synth.SYNTH_SIZES)[:3] == ['smoke', 'default', 'market']   # appended: older presets keep their order
+    plan = synth.synth_plan(p, 0)
+    assert len(plan) < 3500                                                  # small enough to generate in seconds
+    test_pids = {e['pid'] for e in plan if e['folder'] == 'bounding_box_test'}
+    assert 0 in test_pids and -1 in test_pids
+    groups = collections.Counter((e['pid'], e['cam']) for e in plan if e['folder'] == 'gt_bbox')
+    assert set(groups) == {(e['pid'], e['cam']) for e in plan if e['folder'] == 'query'} and set(groups.values()) == {2}
+
+def test_quick_size_through_the_registry(reid_nb_data):
+    "Generated into the session's data folder and read back by name, with the intended identities and protocol features."
+    import time
+    from reid_nb.data.registry import get_dataset
+    t = time.perf_counter()
+    ds = get_dataset('synthreid', size='quick', progress=False)
+    print(f'synthreid quick: {time.perf_counter() - t:.1f}s')
+    assert ds.root == reid_nb_data/'synthreid'/'quick-seed0'
+    s = ds.summary()
+    assert ds.num_train_pids == 100 and s.loc['query', 'ids'] == 100
+    assert s.loc['gallery', 'ids'] == 101                                    # the 100 test ids and the distractor id 0000
+    assert any(r.pid == 0 for r in ds.gallery) and ds.junk and all(r.pid == -1 for r in ds.junk)
+    assert ds.has_multi_query and all(len(g) == 2 for g in ds.mq_groups)     # pooling 2 gt_bbox crops ≠ the single query
+    meta = json.loads((ds.root/'synthreid.json').read_text())
+    assert meta['size'] == 'quick' and meta['counts'] == dict(bounding_box_train=len(ds.train), query=len(ds.query),
+                                                              bounding_box_test=len(ds.gallery) + len(ds.junk), gt_bbox=len(ds.gt_bbox))

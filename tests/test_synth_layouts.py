@@ -109,3 +109,41 @@ def test_parameter_errors():
     with pytest.raises(ValueError, match='cams_per_id must satisfy'): duke_params('smoke', cams_per_id=(1, 3))
     with pytest.raises(ValueError, match='seed'): generate_synthreid_duke(size='smoke', seed=-1)
     assert sum(SYNTH_CUHK03_SIZES['cuhk03']['persons']) == 1467 and SYNTH_DUKE_SIZES['duke']['n_distractor_ids'] == 408
+
+def test_quick_sizes():
+    "The quick reproduction presets: about 100 train / 100 test ids, appended after the older presets."
+    assert list(SYNTH_DUKE_SIZES)[:3] == ['smoke', 'default', 'duke'] and list(SYNTH_CUHK03_SIZES)[:3] == ['smoke', 'default', 'cuhk03']
+    d = duke_params('quick')
+    assert (d['n_train_ids'], d['n_test_ids'], d['n_cams']) == (100, 100, 8) and d['n_distractor_ids'] > 0
+    c = cuhk03_params('quick'); n = sum(c['persons'])
+    assert c['n_train_new'] == 100 and n - c['n_train_new'] == 100 and c['n_splits'] == 20
+    assert 50 <= c['n_test_classic'] <= 100 and n - c['n_test_classic'] >= 100
+
+def test_quick_duke_through_the_registry(reid_nb_data):
+    import time
+    from reid_nb.data.registry import get_dataset
+    t = time.perf_counter()
+    ds = _quiet(get_dataset, 'synthreid-duke', size='quick', progress=False)
+    print(f'synthreid-duke quick: {time.perf_counter() - t:.1f}s')
+    assert ds.root == reid_nb_data/'synthreid-duke'/'quick-seed0'
+    s = ds.summary()
+    assert ds.num_train_pids == 100 and s.loc['query', 'ids'] == 100 and s.loc['gallery', 'ids'] == 150
+    assert s.loc['train', 'cameras'] == s.loc['gallery', 'cameras'] == 8
+    extra = {r.pid for r in ds.gallery} - {r.pid for r in ds.query}             # Duke's gallery-only distractor ids
+    assert len(extra) == 50 and all(len({r.camid for r in ds.gallery if r.pid == p}) == 1 for p in extra)
+
+def test_quick_cuhk03_through_the_registry(reid_nb_data):
+    "One generated set serves both protocols and both variants."
+    import time
+    from reid_nb.data.registry import get_dataset
+    t = time.perf_counter()
+    get_dataset('synthreid-cuhk03', size='quick', progress=False)
+    print(f'synthreid-cuhk03 quick: {time.perf_counter() - t:.1f}s')
+    for v in ('labeled', 'detected'):
+        new = _quiet(get_dataset, 'synthreid-cuhk03', size='quick', progress=False, variant=v, protocol='new')
+        assert reid_nb_data/'synthreid-cuhk03' in Path(new.root).parents
+        assert new.num_train_pids == 100 and new.protocol['variant'] == v
+        assert len({r.pid for r in new.query}) == 100 and len(new.query) == 2*100 and {r.pid for r in new.query} == {r.pid for r in new.gallery}
+        for split in (0, 19):
+            c = _quiet(get_dataset, 'synthreid-cuhk03', size='quick', progress=False, variant=v, protocol='classic', split=split)
+            assert c.num_train_pids == 100 and len({r.pid for r in c.query}) == 100 and c.protocol['split'] == split

@@ -5,6 +5,7 @@
 # %% ../../nbs/03_data.pipeline.ipynb #8fcc1741
 from __future__ import annotations
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 import numpy as np
@@ -22,8 +23,8 @@ from .market import Record, ReIDDataset
 
 # %% auto #0
 __all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'COCO_FLIP_INDEX', 'denormalize', 'PKSampler', 'RandomHorizontalFlipSwap',
-           'ReIDTransform', 'show_sample', 'read_image', 'ReIDImages', 'ReIDDataLoader', 'eval_dataloader',
-           'build_dataloaders', 'SamplerEpoch', 'show_pk_batch']
+           'ReIDTransform', 'show_sample', 'read_image', 'SampleRecipe', 'apply_recipe', 'ReIDImages', 'ReIDDataLoader',
+           'eval_dataloader', 'build_dataloaders', 'SamplerEpoch', 'show_pk_batch']
 
 # %% ../../nbs/03_data.pipeline.ipynb #718c0bd2
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -104,7 +105,7 @@ def _as_image(image) -> tv_tensors.Image:
     return tv_tensors.Image(torch.as_tensor(np.asarray(image) if not torch.is_tensor(image) else image))
 
 class ReIDTransform:
-    "Resize (+ train: flip with left/right swap, pad-crop, random erasing on the image only), `ToDtype`, `Normalize`."
+    "Resize (+ train: flip with left/right swap, pad-crop; random erasing on the image only), `ToDtype`, `Normalize`."
     def __init__(self, size:tuple[int,int]|None=(256,128), train:bool=True, flip_p:float=0.5, pad:int=10,
                  erase_p:float=0.5, flip_index=COCO_FLIP_INDEX, mean=IMAGENET_MEAN, std=IMAGENET_STD):
         self.size, self.train = (tuple(size) if size else None), train
@@ -116,32 +117,45 @@ class ReIDTransform:
         self.to_float = v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))])
         self.erase = v2.RandomErasing(p=erase_p, value=0) if train and erase_p > 0 else None
 
-    def __call__(self, image, mask=None, keypoints=None) -> dict:
-        "`{'image': (3,H,W) float32[, 'mask': (H,W) uint8][, 'keypoints': (N,3) float32 (x, y, v)]}`."
+    def sample(self, image, mask=None, keypoints=None, part_map=None) -> dict:
+        "The untransformed sample as `tv_tensors`: image, mask and part map (checked against the image's size), keypoints."
         img = _as_image(image)
         h, w = img.shape[-2:]
         sample = dict(image=img)
-        if mask is not None:
-            m = torch.as_tensor(np.asarray(mask) if not torch.is_tensor(mask) else mask)
+        for name, m in (('mask', mask), ('part_map', part_map)):
+            if m is None: continue
+            m = torch.as_tensor(np.asarray(m) if not torch.is_tensor(m) else m)
             if m.shape[-2:] != (h, w):
-                raise ValueError(f"Mask of shape {tuple(m.shape)} does not match its image of size {h}×{w}.")
-            sample['mask'] = tv_tensors.Mask(m.to(torch.uint8))
+                raise ValueError(f"{name} of shape {tuple(m.shape)} does not match its image of size {h}×{w}.")
+            sample[name] = tv_tensors.Mask(m.to(torch.uint8))
         if keypoints is not None:
             k = torch.as_tensor(np.asarray(keypoints, dtype=np.float32) if not torch.is_tensor(keypoints) else keypoints).float()
             if k.ndim != 2 or k.shape[1] not in (2, 3):
                 raise ValueError(f"Keypoints must be an (N, 3) array of (x, y, visibility) or (N, 2) of (x, y); got shape {tuple(k.shape)}.")
             sample['keypoints'] = tv_tensors.KeyPoints(k[:, :2], canvas_size=(h, w))
             sample['visibility'] = k[:, 2] if k.shape[1] == 3 else torch.full((len(k),), 2.)
-        out = self.geometry(sample)
-        img = self.to_float(out['image'])
-        if self.erase is not None: img = self.erase(img)
-        res = dict(image=img.as_subclass(torch.Tensor))
-        if 'mask' in out: res['mask'] = out['mask'].as_subclass(torch.Tensor)
+        return sample
+
+    def plain(self, out:dict) -> dict:
+        "A (transformed) sample as plain tensors: image uint8 (3,H,W), mask / part map (H,W), keypoints (N,3) with v=0 outside."
+        res = {k: out[k].as_subclass(torch.Tensor) for k in ('image', 'mask', 'part_map') if k in out}
         if 'keypoints' in out:
             xy = out['keypoints'].as_subclass(torch.Tensor).float()
             H, W = res['image'].shape[-2:]
             inside = (xy[:,0] >= 0) & (xy[:,0] <= W-1) & (xy[:,1] >= 0) & (xy[:,1] <= H-1)
             res['keypoints'] = torch.cat([xy, torch.where(inside, out['visibility'], 0.)[:,None]], 1)
+        return res
+
+    def normalise(self, image:torch.Tensor) -> torch.Tensor:
+        "uint8 (…,3,H,W) → float32, normalised, then (training) random erasing: what the network sees."
+        img = self.to_float(tv_tensors.Image(image))
+        if self.erase is not None: img = self.erase(img)
+        return img.as_subclass(torch.Tensor)
+
+    def __call__(self, image, mask=None, keypoints=None, part_map=None) -> dict:
+        "`{'image': (3,H,W) float32[, 'mask': (H,W) uint8][, 'part_map': (H,W) uint8][, 'keypoints': (N,3) float32 (x, y, v)]}`."
+        res = self.plain(self.geometry(self.sample(image, mask, keypoints, part_map)))
+        res['image'] = self.normalise(res['image'])
         return res
 
     def __repr__(self): return f"ReIDTransform(geometry={self.geometry}, erase={self.erase})"
@@ -177,11 +191,30 @@ def read_image(path) -> Image.Image:
                       "re-extract (or regenerate) the dataset, or delete the file and read the dataset again.") from e
 
 # %% ../../nbs/03_data.pipeline.ipynb #66225192
+@dataclass
+class SampleRecipe:
+    "How a sample becomes network input and loss targets: `prepare` (original size), `views` and `targets` (after geometry)."
+    views:Callable|None = None       # plain sample -> {name: uint8 (3, H, W)}; None: the image itself
+    targets:Callable|None = None     # plain sample -> {name: tensor}, training items only
+    prepare:Callable|None = None     # tv_tensors sample -> tv_tensors sample, before resize / flip / crop
+    needs:tuple = ()                 # what prepare / views read: 'mask', 'keypoints', 'part_map' (train and test)
+    target_needs:tuple = ()          # what targets read (training only)
+
+def apply_recipe(recipe:SampleRecipe, transform:ReIDTransform, image, extra:dict, with_targets:bool=False):
+    "`(input, targets|None)` of one image: prepare → joint geometry → views, each normalised → targets."
+    s = transform.sample(image, **extra)
+    if recipe.prepare is not None: s = recipe.prepare(s)
+    s = transform.plain(transform.geometry(s))
+    if recipe.views is None: x = transform.normalise(s['image'])
+    else: x = torch.stack([transform.normalise(v) for v in recipe.views(s).values()])  # (V, 3, H, W)
+    return x, (recipe.targets(s) if with_targets and recipe.targets is not None else None)
+
 class ReIDImages(Dataset):
-    "Images of `records` as `(image, pid[, camid][, mask][, keypoints])` through a `ReIDTransform`."
+    "Images of `records` as `(image, pid[, camid][, mask][, part_map][, keypoints])`, or through a method's `SampleRecipe`."
     def __init__(self, records:Sequence[Record], transform:Callable|None=None, with_camid:bool=False,
-                 extras:Callable[[Record], dict]|None=None):
-        self.records, self.with_camid, self.extras = list(records), with_camid, extras
+                 extras:Callable[[Record], dict]|None=None, recipe:SampleRecipe|None=None, with_targets:bool=False):
+        self.records, self.with_camid, self.extras, self.recipe = list(records), with_camid, extras, recipe
+        self.with_targets = with_targets
         self.transform = transform if transform is not None else ReIDTransform(None, train=False)
 
     def __len__(self): return len(self.records)
@@ -189,10 +222,18 @@ class ReIDImages(Dataset):
     def __getitem__(self, i):
         r = self.records[i]
         extra = self.extras(r) if self.extras is not None else {}
-        unknown = set(extra) - {'mask', 'keypoints'}
-        if unknown: raise ValueError(f"extras({r.path.name}) returned unknown key(s) {sorted(unknown)}; expected 'mask' and/or 'keypoints'.")
-        s = self.transform(read_image(r.path), mask=extra.get('mask'), keypoints=extra.get('keypoints'))
-        return (s['image'], r.pid) + ((r.camid,) if self.with_camid else ()) + tuple(s[k] for k in ('mask', 'keypoints') if k in s)
+        unknown = set(extra) - {'mask', 'keypoints', 'part_map'}
+        if unknown: raise ValueError(f"extras({r.path.name}) returned unknown key(s) {sorted(unknown)}; expected 'mask', 'part_map' and/or 'keypoints'.")
+        head = lambda x: (x, r.pid) + ((r.camid,) if self.with_camid else ())
+        if self.recipe is not None:
+            need = self.recipe.needs + (self.recipe.target_needs if self.with_targets else ())
+            missing = [k for k in dict.fromkeys(need) if k not in extra]
+            if missing: raise ValueError(f"The sample recipe needs {missing} for {r.path.name}, but the extras provide "
+                                         f"{sorted(extra) or 'nothing'}: give the loader extras with those keys (a mask source).")
+            x, t = apply_recipe(self.recipe, self.transform, read_image(r.path), extra, self.with_targets)
+            return head(x) + ((t,) if t is not None else ())
+        s = self.transform(read_image(r.path), **extra)
+        return head(s['image']) + tuple(s[k] for k in ('mask', 'part_map', 'keypoints') if k in s)
 
 # %% ../../nbs/03_data.pipeline.ipynb #fc27431d
 class ReIDDataLoader(DataLoader):
@@ -210,20 +251,22 @@ def _loader_kwargs(cfg, device) -> dict:
                 persistent_workers=cfg.num_workers > 0, generator=torch.Generator().manual_seed(cfg.seed))
 
 def eval_dataloader(records:Sequence[Record], cfg:ExperimentConfig, batch_size:int|None=None,
-                    extras:Callable|None=None) -> ReIDDataLoader:
-    "Batches `(images, pids, camids)` of `records` in order: resize + normalise, no augmentation, no shuffling."
-    ds = ReIDImages(records, ReIDTransform(cfg.img_size, train=False), with_camid=True, extras=extras)
+                    extras:Callable|None=None, recipe:SampleRecipe|None=None) -> ReIDDataLoader:
+    "Batches `(images, pids, camids)` of `records` in order (views of a `recipe`): resize + normalise, no augmentation."
+    ds = ReIDImages(records, ReIDTransform(cfg.img_size, train=False), with_camid=True, extras=extras, recipe=recipe)
     return ReIDDataLoader(ds, batch_size=batch_size or cfg.batch_size, shuffle=False, drop_last=False,
                           **_loader_kwargs(cfg, default_device(cfg.device)))
 
-def build_dataloaders(dataset:ReIDDataset, cfg:ExperimentConfig, extras:Callable|None=None) -> DataLoaders:
-    "fastai `DataLoaders`: train = PK batches `(images, pids)`, valid = query + gallery `(images, pids, camids)`."
+def build_dataloaders(dataset:ReIDDataset, cfg:ExperimentConfig, extras:Callable|None=None, recipe:SampleRecipe|None=None,
+                      eval_extras:Callable|None=None) -> DataLoaders:
+    "fastai `DataLoaders`: train = PK batches `(images, pids[, targets])`, valid = query + gallery `(images, pids, camids)`."
     device = default_device(cfg.device)
     tfm = ReIDTransform(cfg.img_size, train=True, erase_p=cfg.random_erasing)
     sampler = PKSampler([r.pid for r in dataset.train], cfg.P, cfg.K, seed=cfg.seed)
-    train = ReIDDataLoader(ReIDImages(dataset.train, tfm, extras=extras), batch_size=cfg.batch_size, sampler=sampler,
+    train = ReIDDataLoader(ReIDImages(dataset.train, tfm, extras=extras, recipe=recipe, with_targets=True),
+                           batch_size=cfg.batch_size, sampler=sampler,
                            drop_last=True, **_loader_kwargs(cfg, device))
-    valid = eval_dataloader(dataset.query + dataset.gallery, cfg, extras=extras)
+    valid = eval_dataloader(dataset.query + dataset.gallery, cfg, extras=eval_extras if recipe is not None else extras, recipe=recipe)
     dls = DataLoaders(train, valid, device=device)
     dls.n_inp, dls.num_query, dls.c, dls.dataset = 1, len(dataset.query), dataset.num_train_pids, dataset
     return dls

@@ -41,6 +41,8 @@ SYNTH_SIZES = {
                     n_distractors=300, n_junk=150, **_COMMON),
     'market':  dict(n_train_ids=751, n_test_ids=750, cams_per_id=(2, 6), imgs_per_cam=(3, 5), gt_per_query=5,
                     n_distractors=2800, n_junk=3800, **_COMMON),
+    'quick':   dict(n_train_ids=100, n_test_ids=100, cams_per_id=(2, 4), imgs_per_cam=(2, 3), gt_per_query=2,
+                    n_distractors=150, n_junk=75, **_COMMON),
 }
 SYNTH_VERSION = 1
 

@@ -26,12 +26,14 @@ SYNTH_DUKE_SIZES = {
     'smoke':   dict(n_train_ids=30, n_test_ids=30, n_distractor_ids=10, cams_per_id=(2, 4), imgs_per_cam=(1, 3), **_DUKE),
     'default': dict(n_train_ids=200, n_test_ids=200, n_distractor_ids=100, cams_per_id=(2, 5), imgs_per_cam=(2, 4), **_DUKE),
     'duke':    dict(n_train_ids=702, n_test_ids=702, n_distractor_ids=408, cams_per_id=(2, 5), imgs_per_cam=(4, 8), **_DUKE),
+    'quick':   dict(n_train_ids=100, n_test_ids=100, n_distractor_ids=50, cams_per_id=(2, 4), imgs_per_cam=(2, 3), **_DUKE),
 }
 _CUHK = dict(height=128, width=64, p_occluder=0.2, p_crowd=0.25, p_misalign_detected=0.8, n_splits=20)
 SYNTH_CUHK03_SIZES = {
     'smoke':   dict(persons=(24, 16), imgs_per_view=(2, 3), n_train_new=20, n_test_classic=10, **_CUHK),
     'default': dict(persons=(120, 80, 40, 30, 30), imgs_per_view=(2, 5), n_train_new=157, n_test_classic=50, **_CUHK),
     'cuhk03':  dict(persons=(843, 440, 77, 58, 49), imgs_per_view=(3, 5), n_train_new=767, n_test_classic=100, **_CUHK),
+    'quick':   dict(persons=(80, 50, 30, 20, 20), imgs_per_view=(2, 3), n_train_new=100, n_test_classic=100, **_CUHK),
 }
 LAYOUTS_VERSION = 1
 WORLD_OFFSET = dict(duke=10_000, cuhk03=20_000)
