@@ -36,9 +36,17 @@ def _parser() -> argparse.ArgumentParser:
 # %% ../nbs/10_cli.ipynb #646be786
 _TRUE, _FALSE = ('1', 'true', 'yes', 'on'), ('0', 'false', 'no', 'off')
 
+def _field_kind(name:str, default) -> type|None:
+    "The type a field's value is read as: from its default, or from its annotation when the default is None."
+    if default is not None: return type(default)
+    ann = str(ExperimentConfig.__dataclass_fields__[name].type)
+    return next((t for t in (bool, int, float, dict) if t.__name__ in ann.replace(' ', '').split('|')), str)
+
 def _parse_value(name:str, text:str, default):
     if text.lower() in ('none', 'null'): return None
     if name == 'pretrained' and text.lower() not in _TRUE + _FALSE: return text  # a weights file
+    kind = _field_kind(name, default)
+    default = {dict: {}, bool: False, int: 0, float: 0.0}.get(kind, default)  # read like a field with such a default
     if isinstance(default, dict):
         try: value = json.loads(text)
         except json.JSONDecodeError: value = None

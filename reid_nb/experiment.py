@@ -12,7 +12,7 @@ from .core import ExperimentConfig, PRESETS, check_choice, data_dir, default_dev
 
 # %% auto #0
 __all__ = ['DATASET_TAGS', 'RUNS', 'load_dataset', 'validate_config', 'protocol_name', 'evaluate_protocol', 'protocol_chance',
-           'method_runs', 'run_overrides', 'experiments_for', 'RunRecord']
+           'method_runs', 'all_runs', 'run_overrides', 'experiments_for', 'RunRecord']
 
 # %% ../nbs/08_experiment.ipynb #7e020666
 from .data.registry import DATASET_NAMES as DATASETS, DATASET_OPTIONS, SYNTHETIC_ANALOGS, get_dataset, synth_sizes
@@ -96,24 +96,39 @@ DATASET_TAGS = {  # tag -> (config of the real dataset, config of its SynthReID 
        for p, proto in (('', 'classic'), ('np', 'new')) for v in ('labeled', 'detected')},
 }
 
-def method_runs(stem:str, tags, presets=None, **config) -> dict:
+def method_runs(stem:str, tags, presets=None, per_preset:dict|None=None, **config) -> dict:
     "Run specs `{f'{stem}-{tag}': …}` of one method configuration on the datasets `tags` (optionally only in `presets`)."
     for t in tags: check_choice('dataset tag', t, DATASET_TAGS)
-    return {f'{stem}-{t}': dict(config, tag=t, **({'presets': tuple(presets)} if presets else {})) for t in tags}
+    for p in list(presets or []) + list(per_preset or {}): check_choice('preset', p, PRESETS)
+    extra = ({'presets': tuple(presets)} if presets else {}) | ({'per_preset': dict(per_preset)} if per_preset else {})
+    return {f'{stem}-{t}': dict(config, tag=t, **extra) for t in tags}
 
 RUNS = {'baseline': dict(method='baseline')}
 
-def run_overrides(name:str, preset:str) -> dict:
-    "The configuration overrides of run `name` under `preset`: its own settings and the dataset its tag names."
-    spec = dict(RUNS[check_choice('run', name, RUNS)]); tag = spec.pop('tag', None); spec.pop('presets', None)
+def all_runs() -> dict:
+    "`RUNS` and every registered method's runs (`Method.runs`), by name."
+    from reid_nb.recipe import METHODS, get_method
+    out = dict(RUNS)
+    for name in METHODS:
+        for run, spec in (getattr(get_method(name), 'runs', None) or {}).items():
+            if run in out: raise ValueError(f"Run {run!r} is declared twice (by method {name!r} and before it); run names must be unique.")
+            out[run] = spec
+    return out
+
+def run_overrides(name:str, preset:str, runs:dict|None=None) -> dict:
+    "The configuration overrides of run `name` under `preset`: its own settings, its per-preset ones, and the dataset its tag names."
+    runs = all_runs() if runs is None else runs
+    spec = dict(runs[check_choice('run', name, runs)]); tag = spec.pop('tag', None); spec.pop('presets', None)
+    spec.update(spec.pop('per_preset', {}).get(preset, {}))
     if tag is not None: spec = {**DATASET_TAGS[tag][0 if preset == 'paper' else 1], **spec}
     return dict(spec, name=name)
 
 def experiments_for(preset:str, only:list[str]|None=None) -> list[tuple[str, dict]]:
     "The `(run name, config overrides)` pairs that `preset` runs, optionally restricted to the names in `only`."
     check_choice('preset', preset, PRESETS)
-    names = [n for n in RUNS if preset in RUNS[n].get('presets', PRESETS)] if only is None else [check_choice('run', n, RUNS) for n in only]
-    return [(n, run_overrides(n, preset)) for n in names]
+    runs = all_runs()
+    names = [n for n in runs if preset in runs[n].get('presets', PRESETS)] if only is None else [check_choice('run', n, runs) for n in only]
+    return [(n, run_overrides(n, preset, runs)) for n in names]
 
 # %% ../nbs/08_experiment.ipynb #6714a255
 @dataclass

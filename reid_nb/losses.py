@@ -12,8 +12,8 @@ from .core import check_choice
 from .model import Outputs
 
 # %% auto #0
-__all__ = ['pairwise_distance', 'hardest_pairs', 'batch_hard_triplet_loss', 'cross_entropy', 'Term', 'WeightedLoss',
-           'baseline_terms']
+__all__ = ['pairwise_distance', 'hardest_pairs', 'batch_hard_triplet_loss', 'margin_sample_mining_loss', 'cross_entropy', 'Term',
+           'WeightedLoss', 'baseline_terms']
 
 # %% ../nbs/05_losses.ipynb #74b65a85
 def pairwise_distance(x:torch.Tensor, y:torch.Tensor|None=None, squared:bool=False, eps:float=1e-12) -> torch.Tensor:
@@ -42,6 +42,18 @@ def batch_hard_triplet_loss(feats:torch.Tensor, pids:torch.Tensor, margin:float|
     d_ap, d_an = d_ap[valid], d_an[valid]
     losses = F.softplus(d_ap - d_an) if margin is None else F.relu(d_ap - d_an + margin)
     return losses.mean()
+
+# %% ../nbs/05_losses.ipynb #00084a31
+def margin_sample_mining_loss(feats:torch.Tensor, pids:torch.Tensor, margin:float=0.6, normalize:bool=True) -> torch.Tensor:
+    "MSML (Xiao et al. 2017): one term per batch, [max d(same identity) − min d(different identities) + margin]_+."
+    if feats.ndim != 2 or len(feats) != len(pids):
+        raise ValueError(f"Expected feats (B, D) and pids (B,), got {tuple(feats.shape)} and {tuple(pids.shape)}.")
+    if normalize: feats = F.normalize(feats, dim=1)
+    dist = pairwise_distance(feats)
+    same = pids[:, None] == pids[None, :]
+    pos = same & ~torch.eye(len(pids), dtype=torch.bool, device=pids.device)
+    if not pos.any() or same.all(): return feats.sum() * 0.  # no positive pair, or no negative pair
+    return F.relu(dist[pos].max() - dist[~same].min() + margin)
 
 # %% ../nbs/05_losses.ipynb #173fadbf
 def cross_entropy(logits:torch.Tensor, pids:torch.Tensor, label_smoothing:float=0.1) -> torch.Tensor:

@@ -66,6 +66,7 @@ class Method:
     flip_test:bool = True                   # average the features of each test image and its mirror image
     rerank:bool = False                     # report k-reciprocal re-ranking (where the paper does)
     paper:str = ''                          # where the recipe comes from
+    runs:dict = field(default_factory=dict) # the reproduction's runs of this method (`reid_nb.experiment.method_runs`)
 
     def parse(self, given:dict|None): return parse_options(self.options, given, self.name)
     def recipe(self, cfg, options) -> SampleRecipe|None: return self.sample(cfg, options) if self.sample else None

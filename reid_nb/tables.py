@@ -5,7 +5,6 @@
 # %% ../nbs/08c_tables.ipynb #cf098f61
 from __future__ import annotations
 import copy, html, json
-from decimal import Decimal, ROUND_HALF_UP
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -181,7 +180,7 @@ def _measure(table_id:str, row:str, records:dict) -> tuple[dict, dict, dict, lis
         rec = records.get(run)
         if rec is None: continue
         runs[col] = run
-        datasets.append(rec.dataset.get('name') or rec.config.get('dataset'))
+        if name := rec.dataset.get('name') or rec.config.get('dataset'): datasets.append(name)
         res = (rec.results or {evaluation_name(rec, MAIN): rec.metrics}).get(evaluation_name(rec, key)) or {}
         results.append((run, res))
         metric = column_source(col).metric
@@ -271,6 +270,20 @@ def build_tables(records, preset:str, table_ids=None) -> dict:
 def _fmt_paper(v) -> str:
     return '—' if v is None else v if isinstance(v, str) else f'{v:g}'
 
+def _printed(table_id:str|None, row:str, col:str, value) -> str:
+    "The paper's number as printed in the transcription ('76.90', not 76.9), if `value` is still the transcribed one."
+    if table_id in TABLE_IDS:
+        paper, key = table_id.split('/')
+        t = _parsed(as_printed=True)[paper][key]
+        if row in t['rows'] and col in t['columns']:
+            s = t['rows'][row][t['columns'].index(col)]
+            if s is not None and (value == s or (not isinstance(value, str) and value is not None and float(s) == value)): return s
+    return _fmt_paper(value)
+
+def _table_id(table:dict) -> str|None:
+    "The id of a built table, recognised by its title."
+    return next((tid for tid in TABLE_IDS if table.get('title') == f"{tid.split('/')[0]} {TITLES[tid]}"), None)
+
 def _fmt_ours(v, iv=None) -> str:
     if v is None: return '—'
     if isinstance(v, str) or isinstance(v, int): return str(v)
@@ -284,10 +297,10 @@ def _ours_cell(row:dict, col:str) -> str:
 
 def table_frame(table:dict) -> pd.DataFrame:
     "A built table for display: the paper's numbers per row, and ours (with 95 % intervals) under each reproduced row."
-    cols, lines, index = table['columns'], [], []
+    cols, lines, index, tid = table['columns'], [], [], _table_id(table)
     for r in table['rows']:
         index.append((r['row'], 'paper' if r['ours'] else 'paper (quoted)'))
-        lines.append([_fmt_paper(r['paper'][c]) for c in cols] + [''])
+        lines.append([_printed(tid, r['row'], c, r['paper'][c]) for c in cols] + [''])
         if r['ours']:
             index.append((r['row'], 'ours'))
             lines.append([_ours_cell(r, c) for c in cols] + [r['run'] or 'not run in this preset'])
@@ -297,7 +310,7 @@ def table_frame(table:dict) -> pd.DataFrame:
 _PAGE_CSS = """body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:84rem;color:#222;padding:0 1rem}
 h1{margin:0 0 .3rem;font-size:1.45rem} .sub{color:#444;margin:.15rem 0} .sub b{color:#111}
 .wrap{overflow-x:auto} table{border-collapse:collapse;margin:1.2rem 0;font-size:.88rem}
-th,td{border:1px solid #d4d4d4;padding:.28rem .55rem;text-align:right;white-space:nowrap;vertical-align:top}
+th,td{border:1px solid #d4d4d4;padding:.28rem .5rem;text-align:right;white-space:nowrap;vertical-align:top}
 thead th{background:#f1f1f1;text-align:center;font-weight:600} th.row{text-align:left;font-weight:normal}
 td.src{text-align:left;color:#555;font-size:.8rem}
 tr.quoted th,tr.quoted td{color:#8a8a8a;background:#fbfbfb}
@@ -306,22 +319,13 @@ tr.repro th.row{border-left:4px solid #1f6feb}
 .method{font-weight:700} .ci{display:block;font-size:.74rem;font-weight:normal;color:#3a5a80}
 .badge{display:inline-block;font-size:.68rem;padding:.05rem .4rem;border-radius:.7rem;margin-left:.4rem;font-weight:600}
 .badge.quoted{background:#e6e6e6;color:#666} .badge.repro{background:#1f6feb;color:#fff}
-td.missing{text-align:center;font-style:italic;color:#8a3b00;background:#fff4e5 !important;font-weight:normal}
-td.notrun{color:#8a3b00;font-style:italic;font-weight:normal}
+tr.ours td.missing{text-align:center;font-style:italic;color:#8a3b00;background:#fff4e5;font-weight:normal}
+tr.ours td.notrun{color:#8a3b00;font-style:italic;font-weight:normal;background:#fff4e5}
 .notes{font-size:.85rem;color:#333;max-width:70rem} .notes li{margin:.35rem 0}"""
 
 def table_file_name(table_id:str) -> str:
     "File name of a table's page: `<PAPER>_<table_key>.html`."
     return '_'.join(_split_id(table_id)) + '.html'
-
-def _printed(table_id:str, row:str, col:str, value) -> str:
-    "The paper's number as printed in the transcription ('76.90'), if `value` is still the transcribed one."
-    paper, key = _split_id(table_id)
-    t = _parsed(as_printed=True)[paper][key]
-    if row in t['rows'] and col in t['columns']:
-        s = t['rows'][row][t['columns'].index(col)]
-        if s is not None and (value == s or (not isinstance(value, str) and value is not None and float(s) == value)): return s
-    return _fmt_paper(value)
 
 def _header(columns:list) -> str:
     "Two header rows: dataset groups (colspan) over metric names; non-metric columns span both."
@@ -375,7 +379,7 @@ def table_page_html(table_id:str, table:dict) -> str:
     return f"""<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{e(table['title'])}</title>
 <style>{_PAGE_CSS}</style></head><body>
 <h1>{e(table['title'])}</h1>
-<p class="sub">Paper: <b>{e(paper)}</b> ({e(_parsed()[paper]['source'])}) · our numbers: dataset <b>{e(', '.join(datasets) or 'not run in this preset')}</b> · preset <b>{e(preset)}</b></p>
+<p class="sub">Paper: <b>{e(paper)}</b> · transcribed from {e(_parsed()[paper]['source'])} · our numbers: dataset <b>{e(', '.join(datasets) or 'not run in this preset')}</b> · preset <b>{e(preset)}</b></p>
 <p class="sub">Numbers in %. Reproduced rows show the paper's number, and ours below it with its 95 % bootstrap interval over test queries.</p>
 <div class="wrap"><table>{_header(cols)}<tbody>{''.join(body)}</tbody></table></div>
 <h2>Notes</h2><ol class="notes">{notes}</ol>

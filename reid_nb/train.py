@@ -222,7 +222,7 @@ def reid_splitter(model:nn.Module) -> list:
 
 def default_lr_mults(model, cfg) -> dict:
     "Learning-rate multipliers by group: the backbone's is `cfg.backbone_lr_mult` (None: 0.1 if pretrained, else 1)."
-    mult = getattr(cfg, 'backbone_lr_mult', None)
+    mult = cfg.backbone_lr_mult
     if mult is None: mult = 0.1 if getattr(getattr(get_model(model), 'backbone', None), 'pretrained_weights', None) else 1.0
     return {'backbone': mult}
 
@@ -279,7 +279,7 @@ def fit_reid(learn:Learner, cfg, epochs:int|None=None, ckpt_dir=None, resume:boo
              every:int=1, keep:int=1, **sched_kwargs) -> Learner:
     "Train `learn` for `epochs` (default `cfg.epochs`) with `schedule`; checkpoint into / resume from `ckpt_dir`."
     n_epoch = epochs or cfg.epochs
-    schedule = check_choice('schedule', schedule or getattr(cfg, 'schedule', None) or 'one_cycle', SCHEDULES)
+    schedule = check_choice('schedule', schedule or cfg.schedule, SCHEDULES)
     cbs, start = [], 0
     if ckpt_dir is not None:
         if not hasattr(learn, 'reid_checkpoint'): cbs.append(ReIDCheckpointCallback(ckpt_dir, every=every, keep=keep))
@@ -396,7 +396,7 @@ def fit_stages(learn:Learner, cfg, stages, ckpt_dir=None, resume:bool=True, ever
             cb = FrozenModules(fr.values()); learn.add_cb(cb)
             try:
                 fit_reid(learn, cfg, epochs=n_epoch, ckpt_dir=None if ckpt_dir is None else Path(ckpt_dir)/st.name,
-                         resume=resume, schedule=st.schedule or getattr(cfg, 'schedule', None), every=every, keep=keep,
+                         resume=resume, schedule=st.schedule or cfg.schedule, every=every, keep=keep,
                          **st.schedule_kwargs)
             finally: learn.remove_cb(cb)
             offset += n_epoch

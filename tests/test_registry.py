@@ -74,7 +74,7 @@ def test_experiment_path_on_each_analog(analogs, name):
     "What the experiment notebook does — dataloaders, a (short) resnet_mini fit or training step, features, the dataset's evaluation — on each analog."
     from reid_nb.core import get_preset, seed_everything
     from reid_nb.data.pipeline import build_dataloaders, eval_dataloader, SamplerEpoch
-    from reid_nb.model import build_model
+    from reid_nb.recipe import build_model, build_loss
     from reid_nb.train import reid_learner
     from reid_nb.evaluation import extract_features, euclidean_distance, pool_features
     from reid_nb.experiment import evaluate_protocol
@@ -91,8 +91,7 @@ def test_experiment_path_on_each_analog(analogs, name):
         with learn.no_bar(), learn.no_logging(): learn.fit(1, lr=1e-3, cbs=ShortEpochCallback(pct=0.25, short_valid=True))
         assert len(learn.recorder.losses) >= 1 and np.isfinite(float(learn.recorder.losses[-1]))
     else:
-        from reid_nb.losses import BaselineLoss
-        model.train(); loss = BaselineLoss()(model(x), y); loss.backward()
+        model.train(); loss = build_loss(cfg)(model(x), y); loss.backward()
         assert torch.isfinite(loss)
     q = extract_features(model, eval_dataloader(ds.query, cfg, batch_size=128), flip=False, progress=False)
     g = extract_features(model, eval_dataloader(ds.gallery, cfg, batch_size=128), flip=False, progress=False)

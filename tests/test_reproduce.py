@@ -38,11 +38,24 @@ def test_smoke_reproduction(tmp_path):
 
     index = (out/'index.html').read_text()
     assert 'runs/baseline/baseline.html' in index and 'smoke' in index and 'synthreid' in index
-    table = json.loads((out/'results.json').read_text())
+    results = json.loads((out/'results.json').read_text())
+    table = results['runs']
     assert [(r['run'], r['evaluation']) for r in table] == [
         ('baseline', 'single query'), ('baseline', 'multi query'), ('baseline', 'single query + re-ranking')]
     assert abs(table[0]['rank-1'] - 100*m['rank1']) < 1e-9
     assert rec['results']['single query'] == m
+    lo, hi = m['ci95']['rank1']; assert lo <= m['rank1'] <= hi and hi - lo > 0   # 95 % bootstrap interval over queries
+    # every table of the three papers, the papers' numbers exactly as in paper_tables.json, ours null (no method run yet)
+    paper = json.loads((Path(__file__).parents[1]/'reid_nb'/'paper_tables.json').read_text())
+    ids = [f'{p}/{t}' for p in ('MGRAN', 'MMGA', 'FMN') for t in paper[p] if t != 'source']
+    assert list(results['tables']) == ids and len(ids) == 12
+    for tid, tab in results['tables'].items():
+        src = paper[tid.split('/')[0]][tid.split('/')[1]]
+        assert tab['columns'] == src['columns'] and [r['row'] for r in tab['rows']] == list(src['rows'])
+        for r in tab['rows']:
+            assert [r['paper'][c] for c in src['columns']] == src['rows'][r['row']]
+            assert r['ours'] == (r['row'] in src['reproduced_rows']) and r['preset'] == 'smoke'
+        assert (out/'tables'/f"{tid.replace('/', '_')}.html").exists()
     # re-ranking helps here as in the papers' "+ RK" rows; mAP moves most
     assert rec['results']['single query + re-ranking']['mAP'] > m['mAP']
     assert not leftovers(out)
@@ -73,7 +86,9 @@ def test_failed_run_keeps_its_notebook_and_no_partial_results(tmp_path):
 
 def test_bad_cli_input():
     res = run_cli('reproduce', '--preset', 'huge')
-    assert res.returncode == 2 and "Valid choices: 'smoke', 'cpu', 'paper'" in res.stderr
+    assert res.returncode == 2 and "Valid choices: 'smoke', 'quick', 'cpu', 'paper'" in res.stderr
+    res = run_cli('reproduce', '--tables', 'MMGA/table7')
+    assert res.returncode == 2 and "MMGA/table1_ablation" in res.stderr, res.stderr
     res = run_cli('reproduce', '--set', 'epochs=many')
     assert res.returncode == 2 and "expects an integer" in res.stderr
     res = run_cli('reproduce', '--set', 'name=mine')

@@ -13,22 +13,13 @@ from fastprogress.fastprogress import progress_bar
 from ..core import check_choice, data_dir, atomic_path
 
 # %% auto #0
-__all__ = ['PART_LABELS', 'PART', 'PART_COLORS', 'COCO_KEYPOINTS', 'COCO_SKELETON', 'MARKET_FOLDERS', 'MARKET_NAME',
-           'SYNTH_SIZES', 'SYNTH_VERSION', 'FACINGS', 'synth_params', 'Identity', 'random_identity', 'sample_identity',
-           'Camera', 'camera_style', 'camera_scene', 'draw_person', 'render_image', 'synth_plan', 'rle_encode',
-           'rle_decode', 'generate_synthreid', 'load_synth_annotations', 'load_part_map', 'pedestrian_mask',
-           'overlay_parts', 'show_identity_grid']
+__all__ = ['MARKET_FOLDERS', 'MARKET_NAME', 'SYNTH_SIZES', 'SYNTH_VERSION', 'FACINGS', 'synth_params', 'Identity',
+           'random_identity', 'sample_identity', 'Camera', 'camera_style', 'camera_scene', 'draw_person',
+           'render_image', 'synth_plan', 'rle_encode', 'rle_decode', 'generate_synthreid', 'load_synth_annotations',
+           'load_part_map', 'pedestrian_mask', 'overlay_parts', 'show_identity_grid']
 
 # %% ../../nbs/01_data.synth.ipynb #f233c43e
-PART_LABELS = ['background', 'hat', 'hair', 'face', 'upper_clothes', 'arms', 'lower_clothes', 'legs', 'shoes', 'bag']
-PART = {n: i for i, n in enumerate(PART_LABELS)}
-PART_COLORS = np.array([(0, 0, 0), (255, 0, 255), (255, 140, 0), (255, 220, 150), (230, 30, 30), (255, 255, 0),
-                        (30, 90, 255), (0, 220, 220), (120, 60, 20), (0, 200, 0)], dtype=np.uint8)
-COCO_KEYPOINTS = ['nose', 'left_eye', 'right_eye', 'left_ear', 'right_ear', 'left_shoulder', 'right_shoulder',
-                  'left_elbow', 'right_elbow', 'left_wrist', 'right_wrist', 'left_hip', 'right_hip',
-                  'left_knee', 'right_knee', 'left_ankle', 'right_ankle']
-COCO_SKELETON = [[16, 14], [14, 12], [17, 15], [15, 13], [12, 13], [6, 12], [7, 13], [6, 7], [6, 8], [7, 9],
-                 [8, 10], [9, 11], [2, 3], [1, 2], [1, 3], [2, 4], [3, 5], [4, 6], [5, 7]]  # 1-based, as in COCO
+from ..regions import PART_LABELS, PART, PART_COLORS, COCO_KEYPOINTS, COCO_SKELETON  # the body-part vocabulary lives with the regions
 MARKET_FOLDERS = ['bounding_box_train', 'bounding_box_test', 'query', 'gt_bbox']
 MARKET_NAME = r'^(-1|\d{4})_c(\d)s(\d)_(\d{6})_(\d{2})\.jpg$'
 
