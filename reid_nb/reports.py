@@ -120,11 +120,9 @@ single-gallery-shot), Euclidean distance on flip-averaged features; CMC rank-k a
 (k1 = 20, k2 = 6, λ = 0.3). <i>Chance</i> is the expected score of a random ranking of the same gallery — the floor every
 number should be far above.</p>
 {table}
-<h2>The papers' tables</h2>
-<p>Every comparison and ablation table of MGRAN, MMGA and FMN, the paper's numbers beside ours, with 95 % bootstrap
-intervals over queries. Ours come from the dataset and preset named on each page — not the papers' datasets unless the
-preset is <code>paper</code>.</p>
 {tables_index_html(tables)}
+<p>Ours come from the dataset and preset named on each page — SynthReID's analogs, not the papers' datasets, unless the
+preset is <code>paper</code> — each with a 95 % bootstrap interval over test queries.</p>
 <h2>Runs</h2>
 {runs_table}
 <h2>Data</h2>{sizes}
