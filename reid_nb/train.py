@@ -327,7 +327,8 @@ def plot_training_curves(learn_or_history, beta:float=0.9, title:str|None=None):
     axs[1].plot(ep, b.get('lr', []), color='C3'); axs[1].set(xlabel='epoch', ylabel='lr (new layers)', title='learning rate')
     if ev:
         e = [r['epoch'] + 1 for r in ev]
-        for k, m in (('rank1', 'o-'), ('mAP', 's-')): axs[2].plot(e, [r[k] for r in ev], m, label=k)
+        for k, m in (('rank1', 'o-'), ('mAP', 's-')):
+            if all(k in r for r in ev): axs[2].plot(e, [r[k] for r in ev], m, label=k)  # CUHK03 classic has no mAP
         axs[2].set_ylim(0, 1); axs[2].legend()
     axs[2].set(xlabel='epochs trained', title='query vs gallery')
     if title: fig.suptitle(title)
