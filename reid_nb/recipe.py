@@ -88,6 +88,9 @@ BASELINE = Method(
 # %% ../nbs/07b_recipe.ipynb #0d3f2fac
 METHODS = {
     'baseline': 'reid_nb.recipe:BASELINE',
+    'mmga': 'reid_nb.attention:MMGA',
+    'mgran': 'reid_nb.alignment:MGRAN',
+    'fmn': 'reid_nb.fmn:FMN',
 }
 
 def get_method(name:str) -> Method:
