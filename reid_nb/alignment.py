@@ -28,7 +28,7 @@ __all__ = ['ALIGNMENTS', 'REGION_VIEWS', 'CROP_FITS', 'MSML_ON', 'PAPER_RECIPE',
            'MGRAN_RUNS', 'MGRAN', 'show_figure4', 'MGRANOptions', 'view_names', 'mask_pedestrian', 'region_box',
            'region_view', 'SpaceAlignment', 'mgran_recipe', 'show_views', 'MGRANNet', 'build_mgran', 'mgran_terms',
            'WithoutGlobal', 'mgran_descriptors', 'require_masks', 'store_extras', 'mask_results', 'alignment_fallbacks',
-           'mgran_runs']
+           'mgran_figures', 'mgran_runs']
 
 # %% ../nbs/12_alignment.ipynb #5b0972bb
 def _line(ax, line, w:int, **kw): ax.plot([0, w - 1], line.y_at([0, w - 1]), **kw)
@@ -254,10 +254,33 @@ def alignment_fallbacks(results, alignment:str='region', min_visibility:float=1.
     out.update({f'empty_{n}': sum(not s[n].any() for s in splits) for n in ALIGNMENTS[alignment]})
     return out
 
+# %% ../nbs/12_alignment.ipynb #2118d565
+def _run_mask_source(run):
+    "The run's mask results source: its `MaskStore` when the masks come from a masker, else 'ground_truth'."
+    owner = getattr(run.extras, '__self__', None)
+    return owner if isinstance(owner, MaskStore) else 'ground_truth'
+
+def mgran_figures(run, when:str='before', n:int=4) -> list[str]:
+    "Before training: count the mask and cut-line fallbacks of every image of the run (`run.notes`) and draw Figure 4 on `n` queries."
+    from reid_nb.data.pipeline import read_image
+    if when != 'before': return []
+    o, ds, source = run.options, run.ds, _run_mask_source(run)
+    results = mask_results(ds, source)
+    run.notes['mask_fallbacks'] = counts = alignment_fallbacks(results, o.alignment, o.min_visibility)
+    print('mask and cut-line fallbacks over train, query, gallery and multi-query images:',
+          ', '.join(f"{k.replace('_', ' ')} {v}" for k, v in counts.items()))
+    first = len(ds.train)
+    picks = np.linspace(0, len(ds.query) - 1, min(n, len(ds.query))).astype(int)
+    chosen = [results[first + i] for i in picks]
+    fig = show_figure4([np.asarray(read_image(ds.query[i].path)) for i in picks], [r.mask for r in chosen], [r.keypoints for r in chosen])
+    fig.suptitle(f"{run.cfg.name}: MGRAN's views from the {run.mask_source} masks (Figure 4)", fontsize=8, y=1.0)
+    run.save_figure(fig, 'figure4'); plt.close(fig)
+    return run.figures[-1:]
+
 # %% ../nbs/12_alignment.ipynb #695e100a
 PAPER_RECIPE = dict(backbone='resnet50', pretrained=True, last_stride=1, height=256, width=128, P=16, K=3, epochs=120, lr=3.5e-4,
                     backbone_lr_mult=1.0, opt='adam', schedule='warmup_step', weight_decay=5e-4, random_erasing=0.5)
-QUICK_RECIPE = dict(height=64, width=32, last_stride=2, P=8, K=3, epochs=2)
+QUICK_RECIPE = dict(height=64, width=32, last_stride=2, P=8, K=3, epochs=4)
 SMOKE_RECIPE = dict(height=64, width=32, last_stride=2, P=4, K=3, epochs=2)
 
 NOT_SMOKE = tuple(p for p in PRESETS if p != 'smoke')  # smoke runs MGRAN once (on the Market analog): the path, not the tables
@@ -280,4 +303,4 @@ MGRAN = Method(
     paper='Zhou & Yu, "Mask-Guided Region Attention Network for Person Re-Identification", PAKDD 2020; '
           'loss: Xiao et al. 2017 (MSML); training recipe: ours (the paper gives none)',
     sample=mgran_recipe, model=build_mgran, loss=mgran_terms, descriptors=mgran_descriptors,
-    flip_test=False, rerank=False, runs=MGRAN_RUNS)
+    figures=mgran_figures, flip_test=False, rerank=False, runs=MGRAN_RUNS)

@@ -337,7 +337,7 @@ RUN_STEMS = {'baseline': 'mmga-baseline', 'att': 'mmga-att', 'wmga': 'mmga-wmga'
 PAPER_RECIPE = dict(backbone='resnet50', pretrained=True, last_stride=1, height=384, width=128, P=24, K=4, epochs=900,
                     opt='sgd', lr=0.1, backbone_lr_mult=0.5, weight_decay=5e-4, random_erasing=0.5, triplet_margin=0.3,
                     mask_source='torchvision')   # real data has no ground-truth masks: Mask R-CNN + Keypoint R-CNN, hip-line cut
-QUICK_RECIPE = dict(epochs=8)          # identity epochs on top of the quick preset (resnet_mini, 128×64, Adam, one-cycle)
+QUICK_RECIPE = dict(epochs=24, height=64, width=32)   # image epochs (option epoch='images') on the quick preset (resnet_mini, Adam, one-cycle)
 SMOKE_RECIPE = dict(epochs=4)                        # 2 sampler passes on the smoke analog, should a smoke run be wanted
 SMALL_DIMS = (256, 128, 128)                            # head sizes for the 512-channel layer4 of resnet_mini / resnet18
 
@@ -349,9 +349,10 @@ def mmga_runs() -> dict:
         small = dict(opts, dims=list(SMALL_DIMS), lr_step=None)   # a list: run configurations travel as JSON
         runs.update(method_runs(stem, ('market', 'duke'), presets=("quick", "cpu", "paper"), method='mmga', method_options=opts,
                                 per_preset={'paper': dict(PAPER_RECIPE, method_options=opts),
-                                            'quick': dict(QUICK_RECIPE, method_options=small),
+                                            'quick': dict(QUICK_RECIPE, method_options=dict(small, epoch='images')),
                                             'smoke': dict(SMOKE_RECIPE, method_options=small),
                                             'cpu': dict(method_options=small)}))
+    runs['mmga-market']['presets'] += ('smoke',)   # the method's path through the smoke chain, once
     return runs
 
 MMGA = Method(
@@ -424,4 +425,4 @@ def attention_figure(run, when:str='after', n:int=4):
     fig = show_attention_maps(x, maps, targets, title=f"{cfg.name}: spatial attention {when} training\n{note}".rstrip(', '))
     return run.save_figure(fig, f'attention_{when}')
 
-MMGA.figures = attention_figure   # figures(run, 'before' | 'after'): the experiment notebook's hook for a method's own figures
+MMGA.figures = attention_figure   # the runner calls it before training and after the evaluation

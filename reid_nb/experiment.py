@@ -12,7 +12,7 @@ from .core import ExperimentConfig, PRESETS, check_choice, data_dir, default_dev
 
 # %% auto #0
 __all__ = ['DATASET_TAGS', 'RUNS', 'load_dataset', 'validate_config', 'protocol_name', 'evaluate_protocol', 'protocol_chance',
-           'method_runs', 'all_runs', 'run_overrides', 'experiments_for', 'RunRecord']
+           'method_runs', 'all_runs', 'run_overrides', 'run_reuse', 'config_key', 'experiments_for', 'RunRecord']
 
 # %% ../nbs/08_experiment.ipynb #7e020666
 from .data.registry import DATASET_NAMES as DATASETS, DATASET_OPTIONS, SYNTHETIC_ANALOGS, get_dataset, synth_sizes
@@ -118,10 +118,23 @@ def all_runs() -> dict:
 def run_overrides(name:str, preset:str, runs:dict|None=None) -> dict:
     "The configuration overrides of run `name` under `preset`: its own settings, its per-preset ones, and the dataset its tag names."
     runs = all_runs() if runs is None else runs
-    spec = dict(runs[check_choice('run', name, runs)]); tag = spec.pop('tag', None); spec.pop('presets', None)
+    spec = dict(runs[check_choice('run', name, runs)]); tag = spec.pop('tag', None); spec.pop('presets', None); spec.pop('reuse', None)
     spec.update(spec.pop('per_preset', {}).get(preset, {}))
     if tag is not None: spec = {**DATASET_TAGS[tag][0 if preset == 'paper' else 1], **spec}
     return dict(spec, name=name)
+
+def run_reuse(name:str, runs:dict|None=None) -> dict:
+    "The stages run `name` reuses from other runs: `{method option: (run, stage)}` (empty for most runs)."
+    runs = all_runs() if runs is None else runs
+    reuse = {k: tuple(v) for k, v in runs[check_choice('run', name, runs)].get('reuse', {}).items()}
+    for opt, (other, stage) in reuse.items(): check_choice(f'run whose {stage!r} stage {name!r} reuses', other, runs)
+    return reuse
+
+def config_key(config) -> str:
+    "A short digest of a full configuration (an `ExperimentConfig` or its dict): the name of its checkpoint folder."
+    import hashlib
+    c = config.to_dict() if hasattr(config, 'to_dict') else dict(config)
+    return hashlib.sha1(json.dumps(c, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 def experiments_for(preset:str, only:list[str]|None=None) -> list[tuple[str, dict]]:
     "The `(run name, config overrides)` pairs that `preset` runs, optionally restricted to the names in `only`."

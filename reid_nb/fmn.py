@@ -311,18 +311,23 @@ def fmn_descriptors(cfg, options) -> dict:
 # %% ../nbs/13_fmn.ipynb #2350a082
 FMN_DATASETS = ('market', 'duke', 'cuhk03np-labeled', 'cuhk03np-detected')
 _QUICK = dict(grn_epochs=12, lan_epochs=10)
+_SMOKE = dict(grn_epochs=2, lan_epochs=2)   # the smoke chain runs fmn-market once: the method's path, not its accuracy
 
-def _fmn_runs(stem:str, tags, masked_layer:str) -> dict:
+def _fmn_runs(stem:str, tags, masked_layer:str, **extra) -> dict:
     layer, drops = {'masked_layer': masked_layer}, {'grn_drop': 2/3, 'lan_drop': 7/9}
     return method_runs(stem, tags, presets=('quick', 'cpu', 'paper'), method='fmn', opt='sgd', lr=0.01, last_stride=2,
-                       weight_decay=5e-4, random_erasing=0.0, method_options={**layer, **drops},
+                       weight_decay=5e-4, random_erasing=0.0, method_options={**layer, **drops}, **extra,
                        per_preset={'paper': dict(lr=0.1, height=224, width=224, P=16, K=4, epochs=75,
                                                  method_options={**layer, 'grn_epochs': 30, 'lan_epochs': 45}),
                                    'quick': dict(height=64, width=32, epochs=sum(_QUICK.values()),
-                                                 method_options={**layer, **drops, **_QUICK})})
+                                                 method_options={**layer, **drops, **_QUICK}),
+                                   'smoke': dict(height=64, width=32, epochs=4, method_options={**layer, **drops, **_SMOKE})})
 
 FMN_RUNS = {**_fmn_runs('fmn', FMN_DATASETS, 'pool1'),
-            **{k: v for layer in ('res2', 'res3', 'res4') for k, v in _fmn_runs(f'fmn-{layer}', ('market',), layer).items()}}
+            **{k: v for layer in ('res2', 'res3', 'res4') for k, v in _fmn_runs(f'fmn-{layer}', ('market',), layer,
+                                                                    reuse={'grn_checkpoint': ['fmn-market', 'grn']}).items()}}
+FMN_RUNS['fmn-market']['presets'] += ('smoke',)
+
 
 # %% ../nbs/13_fmn.ipynb #16c7958d
 FMN = Method(
@@ -399,9 +404,9 @@ def alpha_sweep(run, alphas=None) -> dict:
         out[a] = {k: (None if r.get(k) is None else float(r[k])) for k in ('rank1', 'mAP')} | {'ci95': {k: list(map(float, v)) for k, v in ci.items()}}
     return out
 
-def plot_alpha_sweep(run, alphas=None, save:bool=True):
-    "Rank-1 and mAP (with 95 % intervals) against α; the run's α marked; saved as alpha_sweep.png."
-    sweep = alpha_sweep(run, alphas)
+def plot_alpha_sweep(run, alphas=None, save:bool=True, sweep:dict|None=None):
+    "Rank-1 and mAP (with 95 % intervals) against α (`sweep`: a computed `alpha_sweep`); the run's α marked; saved as alpha_sweep.png."
+    sweep = alpha_sweep(run, alphas) if sweep is None else sweep
     a = np.array(list(sweep))
     fig, ax = plt.subplots(figsize=(5, 3.4))
     for i, k in enumerate(('rank1', 'mAP')):
@@ -416,7 +421,15 @@ def plot_alpha_sweep(run, alphas=None, save:bool=True):
     ax.legend(fontsize=8); fig.tight_layout()
     return run.save_figure(fig, 'alpha_sweep') if save else fig
 
-def fmn_figures(run, n:int=4, alphas=None) -> list[str]:
-    "FMN's figures of a `Run` after `evaluate()`: masks on `n` look-alike pairs and the α sweep (file names, saved with the run)."
-    plt.close(plot_fmn_masks(run, n)); plt.close(plot_alpha_sweep(run, alphas))
-    return run.figures[-2:]
+def fmn_figures(run, when:str='after', n:int=4, alphas=None) -> list[str]:
+    "FMN's figures of a `Run` after `evaluate()` (`when='after'`): masks on `n` look-alike pairs and the α sweep, kept in `run.notes`."
+    if when != 'after': return []
+    start = len(run.figures)
+    if look_alike_queries(run, n): plt.close(plot_fmn_masks(run, n))
+    else: print("No query has another identity as the GRN's rank-1: no look-alike pair to show.")
+    sweep = alpha_sweep(run, alphas)
+    plt.close(plot_alpha_sweep(run, sweep=sweep))
+    run.notes['alpha_sweep'] = {f'{a:.2f}': v for a, v in sweep.items()}
+    return run.figures[start:]
+
+FMN.figures = fmn_figures   # the runner calls it before training (nothing) and after the evaluation

@@ -63,6 +63,7 @@ class Method:
     options:type = NoOptions                # dataclass of the method's options
     sample:Callable|None = None             # (cfg, options) -> SampleRecipe | None (image only, no targets)
     descriptors:Callable|None = None        # (cfg, options) -> {name: feats (N, D) -> feats}: further evaluations
+    figures:Callable|None = None            # (run, when) -> None, when 'before' / 'after' training: the method's own figures
     flip_test:bool = True                   # average the features of each test image and its mirror image
     rerank:bool = False                     # report k-reciprocal re-ranking (where the paper does)
     paper:str = ''                          # where the recipe comes from

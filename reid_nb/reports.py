@@ -9,10 +9,11 @@ from pathlib import Path
 import pandas as pd
 import reid_nb
 from .core import atomic_path, check_choice, write_text_atomic, write_json_atomic, PRESETS, ExperimentConfig, get_preset
-from .experiment import RunRecord, experiments_for, validate_config
+from .experiment import RunRecord, experiments_for, validate_config, run_overrides, run_reuse, config_key
 
 # %% auto #0
-__all__ = ['notebooks_dir', 'render_html', 'RunFailed', 'execute_run', 'results_table', 'write_index', 'runs_for', 'reproduce']
+__all__ = ['notebooks_dir', 'render_html', 'RunFailed', 'execute_run', 'results_table', 'write_index', 'runs_for', 'plan_runs',
+           'reproduce']
 
 # %% ../nbs/09_reports.ipynb #6e011629
 def notebooks_dir() -> Path:
@@ -38,7 +39,7 @@ def render_html(nb_path, html_path=None) -> Path:
 class RunFailed(RuntimeError):
     "A run of the experiment notebook raised; the message names the cell, the error and the kept notebook."
 
-def execute_run(preset:str, name:str, overrides:dict, out_dir, progress:bool=True, timeout:int|None=None) -> Path:
+def execute_run(preset:str, name:str, overrides:dict, out_dir, progress:bool=True, timeout:int|None=None, ckpt_dir=None) -> Path:
     "Execute `90_experiment.ipynb` for one run with papermill; return the finished run folder `out_dir/runs/name`."
     import papermill as pm
     run_dir = Path(out_dir)/'runs'/name
@@ -49,7 +50,7 @@ def execute_run(preset:str, name:str, overrides:dict, out_dir, progress:bool=Tru
         failed = Path(out_dir)/'failed'/f'{name}.ipynb'
         try:
             pm.execute_notebook(str(nb_in), str(nb_out), kernel_name='python3', cwd=str(tmp), progress_bar=progress,
-                                parameters=dict(preset=preset, config=overrides, out_dir='.'),  # cwd is the run folder
+                                parameters=dict(preset=preset, config=overrides, out_dir='.', ckpt_dir=None if ckpt_dir is None else str(Path(ckpt_dir).resolve())),  # cwd is the run folder
                                 execution_timeout=timeout)
         except Exception as e:  # a cell's error, a timeout, a dead kernel: keep the notebook, say what happened
             if nb_out.exists():
@@ -140,6 +141,26 @@ def runs_for(preset:str, tables:list[str]|None=None, only:list[str]|None=None) -
     have = {n for n, _ in experiments_for(preset)}
     return [n for n in wanted if n in have and (only is None or n in only)]
 
+def plan_runs(preset:str, only:list[str]|None, overrides:dict, ckpt_root) -> list[tuple[str, dict, Path]]:
+    "`(name, config overrides, checkpoint folder)` of each run in order: runs whose stages others reuse first, reused stages resolved."
+    order = [n for n, _ in experiments_for(preset, only)]
+    i = 0
+    while i < len(order):                       # put each reused run before its first user
+        for other, _ in run_reuse(order[i]).values():
+            if other not in order[:i]:
+                if other in order: order.remove(other)
+                order.insert(i, other); break
+        else: i += 1
+    plan, ckpts = [], {}
+    for name in order:
+        o = {**run_overrides(name, preset), **overrides}
+        for opt, (other, stage) in run_reuse(name).items():
+            o['method_options'] = {**(o.get('method_options') or {}), opt: str(Path(ckpts[other]).resolve()/stage)}
+        cfg = validate_config(get_preset(preset, **o))  # every mistake shows up now, not in a kernel later
+        ckpts[name] = Path(ckpt_root)/f'{name}-{config_key(cfg)}'
+        plan.append((name, o, ckpts[name]))
+    return plan
+
 def reproduce(preset:str='smoke', out='reports', only:list[str]|None=None, overrides:dict|None=None,
               progress:bool=True, tables:list[str]|None=None) -> Path:
     "Run every experiment of `preset` (or those `tables` need; with config `overrides`) through papermill into `out`; return `index.html`."
@@ -147,13 +168,12 @@ def reproduce(preset:str='smoke', out='reports', only:list[str]|None=None, overr
     only = runs_for(preset, tables, only)
     overrides = overrides or {}
     if 'name' in overrides: raise ValueError("Runs are named by the preset (see experiments_for); drop 'name' from the overrides.")
-    out = Path(out); runs = [(n, {**o, **overrides}) for n, o in experiments_for(preset, only)]
-    for n, o in runs: validate_config(get_preset(preset, **o))  # every mistake shows up now, not in a kernel later
+    out = Path(out); runs = plan_runs(preset, only, overrides, out/'checkpoints')
     records = []
-    for i, (name, overrides) in enumerate(runs):
+    for i, (name, overrides, ckpt) in enumerate(runs):
         if progress: print(f'[{i+1}/{len(runs)}] {name}', flush=True)
         t0 = time.time()
-        records.append(RunRecord.load(execute_run(preset, name, overrides, out, progress=progress)))
+        records.append(RunRecord.load(execute_run(preset, name, overrides, out, progress=progress, ckpt_dir=ckpt)))
         if progress: print(f'[{i+1}/{len(runs)}] {name}: done in {time.time()-t0:.0f} s — '
                            f"rank-1 {100*records[-1].metrics['rank1']:.1f}%, mAP {100*records[-1].metrics.get('mAP', float('nan')):.1f}%", flush=True)
     done = {r.name for r in records}  # runs of this preset from earlier invocations (e.g. with `only`) stay listed

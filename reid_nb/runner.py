@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 import matplotlib.pyplot as plt
 import torch
-from .core import ExperimentConfig, seed_everything, default_device
+from .core import ExperimentConfig, seed_everything, default_device, check_choice
 from .experiment import load_dataset, validate_config, evaluate_protocol, protocol_chance, protocol_name, RunRecord
 from .data.pipeline import build_dataloaders, eval_dataloader, SamplerEpoch
 from .recipe import get_method, method_options, build_model, build_loss, build_stages, evaluation_choices, resolve_mask_source, mask_extras
@@ -31,7 +31,7 @@ class Run:
         self.choices = evaluation_choices(cfg)
         self.device = default_device(cfg.device)
         self.out = Path(out_dir); self.out.mkdir(parents=True, exist_ok=True)
-        self.timings, self.figures, self.results, self.per_query = {}, [], {}, {}
+        self.timings, self.figures, self.results, self.per_query, self.notes = {}, [], {}, {}, {}
 
     def _timed(self, step:str, t0:float): self.timings[step] = self.timings.get(step, 0.) + time.time() - t0
 
@@ -129,12 +129,21 @@ def _plot_ranked_list(self:Run, n_queries:int=4, topk:int=10):
                                              self.g_pids, self.q_camids, self.g_camids, n_queries=n_queries, topk=topk), 'ranked_list')
 Run.plot_training, Run.plot_cmc, Run.plot_ranked_list = _plot_training, _plot_cmc, _plot_ranked_list
 
+def _method_figures(self:Run, when:str):
+    "The method's own figures (`Method.figures`), `when` = 'before' (after `build`) or 'after' (after `evaluate`); their file names."
+    check_choice('when', when, ('before', 'after'))
+    if self.method.figures is None: return []
+    n = len(self.figures)
+    self.method.figures(self, when); plt.close('all')
+    return self.figures[n:]
+Run.method_figures = _method_figures
+
 def _recipe_summary(self:Run) -> dict:
     "The method as run: name, options, loss terms, stages, evaluation choices and mask source (plain data for the report)."
     from dataclasses import asdict
     terms = [dict(name=t.name, weight=t.weight, reads=list(t.reads), fn=getattr(t.fn, '__name__', repr(t.fn))) for t in self.learn.loss_func.terms]
     return dict(method=self.method.name, summary=self.method.summary, paper=self.method.paper, options=asdict(self.options),
-                terms=terms, stages=[asdict(s) for s in self.stages], mask_source=self.mask_source, **self.choices)
+                terms=terms, stages=[asdict(s) for s in self.stages], mask_source=self.mask_source, notes=self.notes, **self.choices)
 Run.recipe_summary = _recipe_summary
 
 def _record(self:Run) -> RunRecord:
@@ -152,7 +161,10 @@ Run.record = _record
 def run_experiment(cfg:ExperimentConfig, out_dir, preset:str='custom', ckpt_dir=None, figures:bool=True, progress:bool=True) -> RunRecord:
     "Every step of a `Run` of `cfg`: train, evaluate, plot, and write `metrics.json` into `out_dir`."
     run = Run(cfg, out_dir, preset, ckpt_dir=ckpt_dir, progress=progress)
-    run.load_data(); run.build(); run.train(); run.evaluate()
+    run.load_data(); run.build()
+    if figures: run.method_figures('before')
+    run.train(); run.evaluate()
     if figures:
         for plot in (run.plot_training, run.plot_cmc, run.plot_ranked_list): plt.close(plot())
+        run.method_figures('after')
     return run.record()

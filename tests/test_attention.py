@@ -154,8 +154,6 @@ def test_bad_part_label_set_names_missing_parts():
     assert t['upper'].sum() == 2 and t['bottom'].sum() == 2 and t['whole'].sum() == 4
 
 
-@pytest.mark.xfail(strict=True, reason="ReIDImages (03_data.pipeline, shared) does not yet name the image in the size-mismatch error; "
-                                       "remove this marker when it does")
 def test_mask_of_wrong_size_names_the_image(smoke):
     cfg = _cfg(backbone='resnet_mini', height=128, width=64)
     r = smoke.train[0]

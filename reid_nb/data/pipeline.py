@@ -23,8 +23,8 @@ from .market import Record, ReIDDataset
 
 # %% auto #0
 __all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'COCO_FLIP_INDEX', 'denormalize', 'PKSampler', 'RandomHorizontalFlipSwap',
-           'ReIDTransform', 'show_sample', 'read_image', 'SampleRecipe', 'apply_recipe', 'ReIDImages', 'ReIDDataLoader',
-           'eval_dataloader', 'build_dataloaders', 'SamplerEpoch', 'show_pk_batch']
+           'MaskSizeError', 'ReIDTransform', 'show_sample', 'read_image', 'SampleRecipe', 'apply_recipe', 'ReIDImages',
+           'ReIDDataLoader', 'eval_dataloader', 'build_dataloaders', 'SamplerEpoch', 'show_pk_batch']
 
 # %% ../../nbs/03_data.pipeline.ipynb #718c0bd2
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -104,6 +104,9 @@ def _as_image(image) -> tv_tensors.Image:
     if isinstance(image, Image.Image): return tv_tensors.Image(TF.pil_to_tensor(image.convert('RGB')))
     return tv_tensors.Image(torch.as_tensor(np.asarray(image) if not torch.is_tensor(image) else image))
 
+class MaskSizeError(ValueError):
+    "A mask or part map whose size is not its image's."
+
 class ReIDTransform:
     "Resize (+ train: flip with left/right swap, pad-crop; random erasing on the image only), `ToDtype`, `Normalize`."
     def __init__(self, size:tuple[int,int]|None=(256,128), train:bool=True, flip_p:float=0.5, pad:int=10,
@@ -126,7 +129,7 @@ class ReIDTransform:
             if m is None: continue
             m = torch.as_tensor(np.asarray(m) if not torch.is_tensor(m) else m)
             if m.shape[-2:] != (h, w):
-                raise ValueError(f"{name} of shape {tuple(m.shape)} does not match its image of size {h}×{w}.")
+                raise MaskSizeError(f"{name} of shape {tuple(m.shape)} does not match its image of size {h}×{w}.")
             sample[name] = tv_tensors.Mask(m.to(torch.uint8))
         if keypoints is not None:
             k = torch.as_tensor(np.asarray(keypoints, dtype=np.float32) if not torch.is_tensor(keypoints) else keypoints).float()
@@ -225,6 +228,12 @@ class ReIDImages(Dataset):
         unknown = set(extra) - {'mask', 'keypoints', 'part_map'}
         if unknown: raise ValueError(f"extras({r.path.name}) returned unknown key(s) {sorted(unknown)}; expected 'mask', 'part_map' and/or 'keypoints'.")
         head = lambda x: (x, r.pid) + ((r.camid,) if self.with_camid else ())
+        try: return self._item(r, extra, head)
+        except MaskSizeError as e:
+            raise MaskSizeError(f"{e} Image: {r.path}. Masks and part maps must have the image's own size: recompute this "
+                                "image's entry in its mask source (mask store or annotations).") from None
+
+    def _item(self, r, extra:dict, head):
         if self.recipe is not None:
             need = self.recipe.needs + (self.recipe.target_needs if self.with_targets else ())
             missing = [k for k in dict.fromkeys(need) if k not in extra]
