@@ -18,7 +18,7 @@ def leftovers(folder: Path):
 def test_smoke_reproduction(tmp_path):
     out = tmp_path/'reports'
     t0 = time.time()
-    res = run_cli('reproduce', '--preset', 'smoke', '--out', str(out))
+    res = run_cli('reproduce', '--preset', 'smoke', '--out', str(out), timeout=1800)   # the baseline and one run of each method
     elapsed = time.time() - t0
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     print(f'smoke reproduction: {elapsed:.0f} s')
