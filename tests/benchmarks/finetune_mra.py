@@ -65,7 +65,7 @@ def main(max_iters=200, max_seconds=540.0, n_eval=80, seed=0):
                            'SynthReID smoke bounding_box_train COCO export; evaluated on held-out query crops (other identities).',
                results=res, train_images=len(train), eval_images=len(paths), iterations=len(hist),
                epochs=round(len(hist)*4/len(train), 2), train_seconds=round(dt, 1), input_size='256x128 (2x upscaled 128x64 crops)',
-               batch_size=4, lr=1e-3, checkpoint=str(ck), kp_logits_after=kp_logit_stats(after, paths, gt),
+               batch_size=4, lr=1e-3, checkpoint=f'$REID_NB_DATA/mra/{ck.name}', kp_logits_after=kp_logit_stats(after, paths, gt),
                loss_every_10=[round(float(np.mean([h['loss'] for h in hist[i:i+10]])), 4) for i in range(0, len(hist), 10)], max_iters=int(max_iters),
                torch=torch.__version__)
     ASSETS.mkdir(parents=True, exist_ok=True)
