@@ -4,7 +4,7 @@
 
 # %% ../nbs/08_experiment.ipynb #1a8d7783
 from __future__ import annotations
-import json, platform, time
+import hashlib, json, platform, time
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 import torch
@@ -132,7 +132,6 @@ def run_reuse(name:str, runs:dict|None=None) -> dict:
 
 def config_key(config) -> str:
     "A short digest of a full configuration (an `ExperimentConfig` or its dict): the name of its checkpoint folder."
-    import hashlib
     c = config.to_dict() if hasattr(config, 'to_dict') else dict(config)
     return hashlib.sha1(json.dumps(c, sort_keys=True, default=str).encode()).hexdigest()[:12]
 

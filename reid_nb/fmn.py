@@ -4,7 +4,7 @@
 
 # %% ../nbs/13_fmn.ipynb #2d3003f0
 from __future__ import annotations
-import copy, functools, hashlib, json
+import copy, functools, json
 from collections import OrderedDict
 from dataclasses import dataclass
 from itertools import combinations
@@ -19,7 +19,7 @@ from .model import BACKBONES, build_backbone, Outputs
 from .losses import Term, cross_entropy
 from .train import Stage
 from .recipe import Method, in_range, one_of
-from .experiment import method_runs
+from .experiment import method_runs, config_key
 
 # %% auto #0
 __all__ = ['GLOBAL_ATTRS', 'LOCAL_ATTRS', 'MASKED_LAYERS', 'TRUNK_STAGES', 'FMN_DATASETS', 'FMN_RUNS', 'FMN', 'look_alike_pairs',
@@ -257,7 +257,7 @@ def grn_config(cfg, options=None) -> dict:
 
 def grn_key(cfg, options=None) -> str:
     "A short digest of `grn_config`: runs with the same key train the same GRN."
-    return hashlib.sha1(json.dumps(grn_config(cfg, options), sort_keys=True).encode()).hexdigest()[:12]
+    return config_key(grn_config(cfg, options))
 
 # %% ../nbs/13_fmn.ipynb #47b4ed4d
 _MAKE_GRN = ("Make it by training stage 1 of an FMN run with the same data, backbone and stage-1 settings and a checkpoint "
