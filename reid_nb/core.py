@@ -117,7 +117,7 @@ class ExperimentConfig:
     data_seed:int = 0                 # seed of the generated dataset (kept apart from the training seed)
     dataset_options:dict = field(default_factory=dict)  # protocol options, e.g. CUHK03 {'variant': 'labeled', 'protocol': 'classic', 'split': 0}
     backbone:str = 'resnet50'         # see `reid_nb.model.BACKBONES`
-    pretrained:bool|str = True        # ImageNet weights when available (random init + warning if not), or a weights file
+    pretrained:bool|str = True        # ImageNet weights when available (random init + warning if not), 'standin[:budget]', or a weights file
     last_stride:int = 1               # 1 as in the papers (2 = torchvision default)
     height:int = 256                  # network input height
     width:int = 128                   # network input width
@@ -158,11 +158,11 @@ class ExperimentConfig:
 
 # %% ../nbs/00_core.ipynb #5cc995a1
 PRESETS = {
-    'smoke': dict(synth_size='smoke', backbone='resnet_mini', pretrained=False, height=128, width=64,
+    'smoke': dict(synth_size='smoke', backbone='resnet_mini', pretrained='standin:smoke', height=128, width=64,
                   embed_dim=128, P=8, K=4, epochs=30, lr=3e-3, random_erasing=0.3),
-    'quick': dict(synth_size='quick', backbone='resnet_mini', pretrained=False, height=128, width=64,
+    'quick': dict(synth_size='quick', backbone='resnet_mini', pretrained='standin:quick', height=128, width=64,
                   embed_dim=128, P=8, K=4, epochs=30, lr=3e-3, random_erasing=0.3),
-    'cpu':   dict(synth_size='default', backbone='resnet18', pretrained=False, height=256, width=128,
+    'cpu':   dict(synth_size='default', backbone='resnet18', pretrained='standin:cpu', height=256, width=128,
                   embed_dim=256, P=16, K=4, epochs=40, lr=2e-3),
     'paper': dict(dataset='market1501', backbone='resnet50', pretrained=True, last_stride=1, height=256,
                   width=128, embed_dim=512, P=24, K=4, epochs=120, lr=3.5e-4, num_workers=8),

@@ -57,8 +57,14 @@ def validate_config(cfg:ExperimentConfig) -> ExperimentConfig:
         if getattr(cfg, name) < 0 or (name == 'lr' and cfg.lr == 0): problems.append(f"{name} must be positive, got {getattr(cfg, name)}.")
     for name in ('label_smoothing', 'random_erasing'):
         if not 0 <= getattr(cfg, name) <= 1: problems.append(f"{name} must lie in [0, 1], got {getattr(cfg, name)}.")
-    if isinstance(cfg.pretrained, str) and not Path(cfg.pretrained).expanduser().is_file():
-        problems.append(f"pretrained names the weights file {cfg.pretrained!r}, which does not exist; give an existing file, true or false.")
+    if isinstance(cfg.pretrained, str) and cfg.pretrained.split(':')[0] == 'standin':
+        from reid_nb.pretrain import STANDIN_BUDGETS
+        if (b := cfg.pretrained.partition(':')[2] or 'quick') not in STANDIN_BUDGETS:
+            problems.append(f"pretrained={cfg.pretrained!r} asks for stand-in budget {b!r}; valid: "
+                            + ', '.join(f"'standin:{k}'" for k in STANDIN_BUDGETS) + ".")
+    elif isinstance(cfg.pretrained, str) and not Path(cfg.pretrained).expanduser().is_file():
+        problems.append(f"pretrained names the weights file {cfg.pretrained!r}, which does not exist; give an existing file, "
+                        "'standin[:smoke|quick|cpu]', true or false.")
     try: default_device(cfg.device)
     except ValueError as e: problems.append(str(e))
     if problems: raise ValueError('Invalid experiment configuration:\n- ' + '\n- '.join(problems))

@@ -54,9 +54,13 @@ def _load_state_dict_file(path) -> dict:
     return {k.removeprefix('module.').removeprefix('backbone.'): v for k, v in sd.items()}
 
 def _load_weights(resnet:nn.Module, name:str, pretrained) -> str|None:
-    "Load ImageNet (or file) weights into `resnet`; return a description of what was loaded, None for random init."
+    "Load ImageNet (or file, or stand-in) weights into `resnet`; return a description of what was loaded, None for random init."
     spec = BACKBONES[name]
-    if isinstance(pretrained, (str, Path)):
+    if isinstance(pretrained, str) and pretrained.split(':')[0] == 'standin':
+        from reid_nb.pretrain import standin_weights  # the stand-in trains a network built here: import when asked
+        path = standin_weights(name, pretrained.partition(':')[2] or 'quick')
+        sd, what = _load_state_dict_file(path), f"SynthReID stand-in {pretrained.partition(':')[2] or 'quick'} ({path.name})"
+    elif isinstance(pretrained, (str, Path)):
         sd, what = _load_state_dict_file(pretrained), str(pretrained)
     elif spec.weights is None:
         warnings.warn(f"Backbone {name!r} has no ImageNet weights; it starts from random initialisation "

@@ -10,6 +10,7 @@ import pandas as pd
 import reid_nb
 from .core import atomic_path, check_choice, write_text_atomic, write_json_atomic, PRESETS, ExperimentConfig, get_preset
 from .experiment import RunRecord, experiments_for, validate_config, run_overrides, run_reuse, config_key
+from .pretrain import standin_budget, standin_weights
 
 # %% auto #0
 __all__ = ['notebooks_dir', 'render_html', 'RunFailed', 'execute_run', 'results_table', 'write_index', 'runs_for', 'plan_runs',
@@ -72,6 +73,11 @@ figcaption{font-size:.85rem;color:#555} code{background:#f5f5f5;padding:0 .2rem}
 
 def _pct(x) -> float: return float('nan') if x is None else 100*x
 
+def _start_words(pretrained) -> str:
+    "How a backbone started, in a few words for the results table."
+    if standin_budget(pretrained): return f" ({standin_budget(pretrained)} stand-in)"
+    return '' if pretrained is True else ' (random init)' if not pretrained else f' ({Path(str(pretrained)).name})'
+
 def results_table(records:list[RunRecord]) -> pd.DataFrame:
     "One row per run and evaluation (single query, multi query, re-ranked …): metrics (%), chance level (%), time."
     rows, nan = [], float('nan')
@@ -81,7 +87,7 @@ def results_table(records:list[RunRecord]) -> pd.DataFrame:
             m = {k: (nan if v is None else v) for k, v in m.items()}
             rows.append({'run': r.name, 'evaluation': evaluation, 'method': c['method'],
                          'dataset': r.dataset.get('name', c['dataset']),
-                         'backbone': c['backbone'] + ('' if c['pretrained'] else ' (random init)'),
+                         'backbone': c['backbone'] + _start_words(c['pretrained']),
                          'input': f"{c['height']}×{c['width']}", 'epochs': c['epochs'],
                          **{f'rank-{k}': 100*m.get(f'rank{k}', nan) for k in (1, 5, 10)},
                          'mAP': 100*m.get('mAP', nan), 'mINP': 100*m.get('mINP', nan),
@@ -169,6 +175,8 @@ def reproduce(preset:str='smoke', out='reports', only:list[str]|None=None, overr
     overrides = overrides or {}
     if 'name' in overrides: raise ValueError("Runs are named by the preset (see experiments_for); drop 'name' from the overrides.")
     out = Path(out); runs = plan_runs(preset, only, overrides, out/'checkpoints')
+    for backbone, budget in dict.fromkeys((c.backbone, standin_budget(c.pretrained)) for c in (get_preset(preset, **o) for _, o, _ in runs)):
+        if budget: standin_weights(backbone, budget, progress=progress)  # once, before any run: every run then loads it
     records = []
     for i, (name, overrides, ckpt) in enumerate(runs):
         if progress: print(f'[{i+1}/{len(runs)}] {name}', flush=True)

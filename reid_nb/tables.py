@@ -12,6 +12,7 @@ from typing import NamedTuple
 import pandas as pd
 from .core import PRESETS, check_choice, write_text_atomic
 from .experiment import RunRecord, protocol_name
+from .pretrain import weights_note
 
 # %% auto #0
 __all__ = ['TABLE_IDS', 'METRIC_LABELS', 'MAIN', 'MAIN_RERANKED', 'ROW_SOURCES', 'FOOTNOTES', 'TITLES', 'paper_tables',
@@ -234,13 +235,13 @@ def _standing_note(table_id:str, datasets:list, preset:str) -> str:
             "95 % percentile-bootstrap intervals over the test queries, which do not include the variance between training "
             "seeds.")
 
-def _footnotes(table_id:str, datasets:list, preset:str) -> list[str]:
+def _footnotes(table_id:str, datasets:list, preset:str, weights:str='') -> list[str]:
     t = paper_table(table_id)
     notes = [f"Protocol (paper): {t['protocol']}."] if 'protocol' in t else []
     if any((column_source(c).tag or '').startswith('cuhk03-') for c in t['columns']):
         notes.append("Our CUHK03 classic numbers come from one of the 20 random splits (the run's evaluation names it), "
                      "with the CMC averaged over 10 single-gallery-shot samplings; the paper averages all 20 splits.")
-    return notes + FOOTNOTES.get(table_id, []) + [_sources_note(table_id), _standing_note(table_id, datasets, preset)]
+    return notes + FOOTNOTES.get(table_id, []) + [_sources_note(table_id), _standing_note(table_id, datasets, preset)] + ([weights] if weights else [])
 
 # %% ../nbs/08c_tables.ipynb #b3b66194
 def build_tables(records, preset:str, table_ids=None) -> dict:
@@ -252,7 +253,7 @@ def build_tables(records, preset:str, table_ids=None) -> dict:
     by_name = _records_by_name(records, preset)
     tables = {}
     for tid in table_ids:
-        t, rows, all_datasets = paper_table(tid), [], []
+        t, rows, all_datasets, starts = paper_table(tid), [], [], []
         for name, values in t['rows'].items():
             row = dict(row=name, ours=name in ROW_SOURCES[tid], paper=dict(zip(t['columns'], values)),
                        measured=None, ci95=None, run=None, runs=None, dataset=None, preset=preset)
@@ -260,10 +261,10 @@ def build_tables(records, preset:str, table_ids=None) -> dict:
                 measured, ci95, runs, datasets = _measure(tid, name, by_name)
                 row.update(measured=measured, ci95=ci95, runs=runs, run=next(iter(runs.values()), None),
                            dataset=', '.join(datasets) or None)
-                all_datasets += datasets
+                all_datasets += datasets; starts += [by_name[r].config.get('pretrained') for r in runs.values()]
             rows.append(row)
         tables[tid] = dict(title=f"{tid.split('/')[0]} {TITLES[tid]}", columns=t['columns'], rows=rows,
-                           footnotes=_footnotes(tid, list(dict.fromkeys(all_datasets)), preset))
+                           footnotes=_footnotes(tid, list(dict.fromkeys(all_datasets)), preset, weights_note(starts)))
     return tables
 
 # %% ../nbs/08c_tables.ipynb #2281afd3

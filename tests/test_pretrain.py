@@ -1,0 +1,57 @@
+"The stand-in for ImageNet weights: a disjoint world, a cache keyed by configuration, loading through build_backbone."
+import json
+import pytest, torch
+from reid_nb.core import get_preset, PRESETS
+from reid_nb.experiment import validate_config
+from reid_nb.model import build_backbone
+from reid_nb.data.synth_layouts import WORLD_OFFSET
+from reid_nb.pretrain import (STANDIN_SEED, STANDIN_BUDGETS, standin_config, standin_budget, standin_path, standin_weights,
+                              standin_record, weights_note)
+
+
+def test_cpu_presets_start_from_their_standin_and_paper_from_imagenet():
+    for p in ('smoke', 'quick', 'cpu'): assert get_preset(p).pretrained == f'standin:{p}'
+    assert PRESETS['paper']['pretrained'] is True
+
+
+def test_standin_world_is_no_analog_world():
+    worlds = {s + off for s in range(10_000) for off in (0, *WORLD_OFFSET.values())}
+    assert STANDIN_SEED not in worlds
+    cfg = standin_config('resnet18', 'cpu')
+    assert (cfg.data_seed, cfg.triplet_weight, cfg.pretrained) == (STANDIN_SEED, 0.0, False)
+
+
+def test_cache_key_follows_the_configuration(monkeypatch):
+    a = standin_path('resnet_mini', 'quick')
+    monkeypatch.setitem(STANDIN_BUDGETS, 'quick', dict(STANDIN_BUDGETS['quick'], epochs=99))
+    b = standin_path('resnet_mini', 'quick')
+    assert a != b and a.name.startswith('resnet_mini-quick-') and b.name.startswith('resnet_mini-quick-')
+
+
+def test_bad_budget_is_named():
+    assert standin_budget('standin') == 'quick' and standin_budget('/w.pth') is None
+    with pytest.raises(ValueError, match="pretrained='standin:huge' asks for stand-in budget 'huge'; valid: 'standin:smoke'"):
+        validate_config(get_preset('quick', pretrained='standin:huge'))
+    with pytest.raises(ValueError, match="'smoke', 'quick', 'cpu'"): standin_weights('resnet_mini', 'huge')
+
+
+def test_smoke_standin_trains_once_loads_like_imagenet_and_is_retrained_when_its_record_is_corrupt():
+    path = standin_weights('resnet_mini', 'smoke', progress=False)
+    rec, stamp = standin_record('resnet_mini', 'smoke'), path.stat().st_mtime_ns
+    assert rec['world'] == STANDIN_SEED and rec['train_identities'] == 40
+    assert rec['own_test']['rank1'] > 2 * rec['own_test']['chance_rank1']
+    trunk, _ = build_backbone('resnet_mini', pretrained='standin:smoke', last_stride=1)
+    assert standin_weights('resnet_mini', 'smoke', progress=False) == path and path.stat().st_mtime_ns == stamp
+    sd = torch.load(path, weights_only=True)
+    assert torch.equal(trunk.state_dict()['layer2.0.conv1.weight'], sd['layer2.0.conv1.weight'])
+    assert 'stand-in smoke' in trunk.pretrained_weights and trunk.layer4[0].conv1.stride == (1, 1)
+    rand, _ = build_backbone('resnet_mini', pretrained=False)
+    assert not torch.equal(rand.state_dict()['layer2.0.conv1.weight'], sd['layer2.0.conv1.weight'])
+    path.with_suffix('.json').write_text('{"config": ')     # truncated record: not trusted
+    assert standin_record('resnet_mini', 'smoke') is None
+
+
+def test_weights_note_names_every_start():
+    assert 'stand-in for ImageNet weights' in weights_note(['standin:quick'])
+    assert weights_note([False]) == 'Our backbones started from random initialisation.'
+    assert 'ImageNet' in weights_note([True]) and 'w.pth' in weights_note(['/x/w.pth'])
