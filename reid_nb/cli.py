@@ -26,6 +26,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument('--set', nargs='*', default=[], metavar='FIELD=VALUE', dest='overrides',
                    help='override ExperimentConfig fields for every run, e.g. --set epochs=3 data_root=/data/market')
     r.add_argument('--quiet', action='store_true', help='no progress output')
+    r.add_argument('--dry-run', action='store_true', help='list the runs, the tables each feeds, reused or to compute, and their cost; run nothing')
+    r.add_argument('--force', action='store_true', help='recompute every run (from scratch), even those finished earlier with the same configuration')
     s = sub.add_parser('synth', help='generate the SynthReID dataset in the Market-1501 layout')
     s.add_argument('--size', default='default', help='size preset (see reid_nb.data.synth.SYNTH_SIZES)')
     s.add_argument('--out', default=None, help='output folder (default: under $REID_NB_DATA)')
@@ -80,8 +82,13 @@ def main(argv:list[str]|None=None) -> int:
             from reid_nb.reports import reproduce
             tables = [t.strip() for t in args.tables.split(',') if t.strip()] if args.tables else None
             index = reproduce(args.preset, args.out, only=args.only, overrides=parse_overrides(args.overrides),
-                              progress=not args.quiet, tables=tables)
-            print(f'Report: {index}')
+                              progress=not args.quiet, tables=tables, force=args.force, dry=args.dry_run)
+            if args.dry_run:
+                todo = index['status'].str.startswith('compute')
+                print(index.to_string(index=False))
+                print(f"{len(index)} run(s) of preset {args.preset!r}: {int(todo.sum())} to compute ({int(index.loc[todo, 'epochs'].sum())} epochs), "
+                      f"{int((~todo).sum())} reused; the stand-in weights are pretrained first if not cached.")
+            else: print(f'Report: {index}')
         elif args.command == 'synth':
             from reid_nb.data.synth import generate_synthreid
             root = generate_synthreid(args.out, size=args.size, seed=args.seed, overwrite=args.overwrite)

@@ -4,7 +4,7 @@
 
 # %% ../nbs/09_reports.ipynb #0a3566ee
 from __future__ import annotations
-import html, json, os, time, datetime
+import html, json, os, shutil, time, datetime
 from pathlib import Path
 import pandas as pd
 import reid_nb
@@ -14,7 +14,7 @@ from .pretrain import standin_budget, standin_weights
 
 # %% auto #0
 __all__ = ['notebooks_dir', 'render_html', 'RunFailed', 'execute_run', 'results_table', 'write_index', 'runs_for', 'plan_runs',
-           'reproduce']
+           'cached_record', 'dry_run', 'reproduce']
 
 # %% ../nbs/09_reports.ipynb #6e011629
 def notebooks_dir() -> Path:
@@ -69,7 +69,7 @@ _CSS = """body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;ma
 h1{margin-bottom:.2rem} .sub{color:#666;margin-top:0} table{border-collapse:collapse;margin:1rem 0}
 th,td{border:1px solid #ccc;padding:.35rem .7rem;text-align:right} th{background:#f3f3f3} td:nth-child(-n+2),th:nth-child(-n+2){text-align:left}
 .figs{display:flex;flex-wrap:wrap;gap:1rem;align-items:flex-start} .figs figure{margin:0;max-width:100%} .figs img{max-width:100%;max-height:36rem;border:1px solid #ddd}
-figcaption{font-size:.85rem;color:#555} code{background:#f5f5f5;padding:0 .2rem}"""
+figcaption{font-size:.85rem;color:#555} code{background:#f5f5f5;padding:0 .2rem} .claims td{text-align:left} .claims td.ev{font-size:.8rem;color:#444}"""
 
 def _pct(x) -> float: return float('nan') if x is None else 100*x
 
@@ -95,17 +95,20 @@ def results_table(records:list[RunRecord]) -> pd.DataFrame:
                          'time (s)': sum(r.timings.values())})
     return pd.DataFrame(rows)
 
-def write_index(out_dir, preset:str, records:list[RunRecord]) -> Path:
-    "Write `index.html` and `results.json` for the runs in `records` into `out_dir`."
+def write_index(out_dir, preset:str, records:list[RunRecord], status:dict|None=None) -> Path:
+    "Write `index.html` and `results.json` for the runs in `records` (`status`: run → computed now / reused) into `out_dir`."
     out_dir = Path(out_dir)
     from reid_nb.tables import build_tables, write_table_pages, tables_index_html
+    from reid_nb.claims import check_claims, claims_html
     df, tables = results_table(records), build_tables(records, preset)
     write_table_pages(out_dir, tables)
-    write_json_atomic(out_dir/'results.json', {'preset': preset, 'runs': df.to_dict(orient='records'), 'tables': tables})
+    claims = check_claims(tables)
+    write_json_atomic(out_dir/'results.json', {'preset': preset, 'runs': df.to_dict(orient='records'), 'tables': tables, 'claims': claims})
     datasets = ', '.join(sorted({r.dataset.get('name', r.config['dataset']) for r in records}))
     run_cols = ['run', 'method', 'dataset', 'backbone', 'input', 'epochs', 'time (s)']
     table = df.drop(columns=run_cols[1:]).to_html(index=False, float_format=lambda x: f'{x:.1f}', border=0, escape=True, na_rep='—')
-    runs_table = df[run_cols].drop_duplicates('run').to_html(index=False, float_format=lambda x: f'{x:.0f}', border=0, escape=True)
+    runs_df = df[run_cols].drop_duplicates('run').assign(status=lambda d: d['run'].map(status or {}).fillna('—'))
+    runs_table = runs_df.to_html(index=False, float_format=lambda x: f'{x:.0f}', border=0, escape=True)
     links = ''.join(f'<li><a href="runs/{html.escape(r.name)}/{html.escape(r.name)}.html">{html.escape(r.name)}</a> — '
                     f'executed notebook; <a href="runs/{html.escape(r.name)}/{html.escape(r.name)}.ipynb">.ipynb</a>, '
                     f'<a href="runs/{html.escape(r.name)}/metrics.json">metrics.json</a></li>' for r in records)
@@ -120,6 +123,7 @@ def write_index(out_dir, preset:str, records:list[RunRecord]) -> Path:
 <style>{_CSS}</style></head><body>
 <h1>reid_nb reproduction — preset <code>{html.escape(preset)}</code></h1>
 <p class="sub">Dataset: {html.escape(datasets)} · {len(records)} run(s) · reid_nb {reid_nb.__version__} · generated {stamp}</p>
+{claims_html(claims)}
 <h2>Results</h2>
 <p>Each dataset's own protocol (Market-1501 style: same id and same camera excluded, junk ignored; CUHK03 classic:
 single-gallery-shot), Euclidean distance on flip-averaged features; CMC rank-k and non-interpolated mAP in %.
@@ -167,25 +171,66 @@ def plan_runs(preset:str, only:list[str]|None, overrides:dict, ckpt_root) -> lis
         plan.append((name, o, ckpts[name]))
     return plan
 
+def cached_record(run_dir, config:dict, preset:str) -> tuple[RunRecord|None, str]:
+    "The finished record of exactly `config` and `preset` in `run_dir` (else None), and why it is or is not used."
+    path = Path(run_dir)/'metrics.json'
+    if not path.exists(): return None, 'not run yet'
+    try: rec = RunRecord.load(path)
+    except (ValueError, TypeError, KeyError) as e: return None, f'its metrics.json is corrupt ({type(e).__name__}: {str(e)[:80]})'
+    if rec.preset != preset or config_key(rec.config) != config_key(config): return None, 'it was made with another configuration'
+    return rec, 'finished earlier with this configuration'
+
+def _feeds(name:str) -> list[str]:
+    "The paper tables run `name` feeds."
+    from reid_nb.tables import TABLE_IDS, runs_for_tables
+    return [t for t in TABLE_IDS if name in runs_for_tables([t])]
+
+def dry_run(preset:str, runs, out) -> pd.DataFrame:
+    "What `reproduce` would do: each planned run, the tables it feeds, reused or to compute, and its cost (image passes; measured time if cached)."
+    rows = []
+    for name, o, ckpt in runs:
+        cfg = validate_config(get_preset(preset, **o)); rec, why = cached_record(Path(out)/'runs'/name, cfg.to_dict(), preset)
+        from reid_nb.recipe import build_stages
+        epochs = sum(s.epochs or cfg.epochs for s in build_stages(cfg))
+        rows.append(dict(run=name, method=cfg.method, dataset=cfg.dataset, feeds=', '.join(_feeds(name)) or '—',
+                         epochs=epochs, input=f'{cfg.height}×{cfg.width}', starts_from=str(cfg.pretrained),
+                         status='reuse' if rec else f'compute ({why})',
+                         measured_s=round(sum(rec.timings.values())) if rec else None))
+    return pd.DataFrame(rows)
+
 def reproduce(preset:str='smoke', out='reports', only:list[str]|None=None, overrides:dict|None=None,
-              progress:bool=True, tables:list[str]|None=None) -> Path:
+              progress:bool=True, tables:list[str]|None=None, force:bool=False, dry:bool=False) -> Path|pd.DataFrame:
     "Run every experiment of `preset` (or those `tables` need; with config `overrides`) through papermill into `out`; return `index.html`."
     check_choice('preset', preset, PRESETS)
     only = runs_for(preset, tables, only)
     overrides = overrides or {}
     if 'name' in overrides: raise ValueError("Runs are named by the preset (see experiments_for); drop 'name' from the overrides.")
     out = Path(out); runs = plan_runs(preset, only, overrides, out/'checkpoints')
+    if dry: return dry_run(preset, runs, out)
     for backbone, budget in dict.fromkeys((c.backbone, standin_budget(c.pretrained)) for c in (get_preset(preset, **o) for _, o, _ in runs)):
         if budget: standin_weights(backbone, budget, progress=progress)  # once, before any run: every run then loads it
-    records = []
+    records, status = [], {}
     for i, (name, overrides, ckpt) in enumerate(runs):
-        if progress: print(f'[{i+1}/{len(runs)}] {name}', flush=True)
+        step = f'[{i+1}/{len(runs)}] {name}'
+        rec, why = (None, 'forced') if force else cached_record(out/'runs'/name, get_preset(preset, **overrides).to_dict(), preset)
+        if rec is not None:
+            records.append(rec); status[name] = 'reused'
+            if progress: print(f'{step}: reused ({why})', flush=True)
+            continue
+        if progress: print(f'{step}: computing ({why})', flush=True)
+        if force and ckpt.exists(): shutil.rmtree(ckpt)   # --force: train again from the start, not from the checkpoints
         t0 = time.time()
         records.append(RunRecord.load(execute_run(preset, name, overrides, out, progress=progress, ckpt_dir=ckpt)))
-        if progress: print(f'[{i+1}/{len(runs)}] {name}: done in {time.time()-t0:.0f} s — '
+        status[name] = 'computed now'
+        if progress: print(f'{step}: done in {time.time()-t0:.0f} s — '
                            f"rank-1 {100*records[-1].metrics['rank1']:.1f}%, mAP {100*records[-1].metrics.get('mAP', float('nan')):.1f}%", flush=True)
     done = {r.name for r in records}  # runs of this preset from earlier invocations (e.g. with `only`) stay listed
-    earlier = [RunRecord.load(out/'runs'/n) for n, _ in experiments_for(preset)
-               if n not in done and (out/'runs'/n/'metrics.json').exists()]
-    records += [r for r in earlier if r.preset == preset]
-    return write_index(out, preset, records)
+    for n, _ in experiments_for(preset):
+        if n in done or not (out/'runs'/n/'metrics.json').exists(): continue
+        try: r = RunRecord.load(out/'runs'/n)
+        except (ValueError, TypeError, KeyError) as e:
+            if progress: print(f'{n}: left out of the report, its metrics.json is corrupt ({type(e).__name__}); rerun it with --only {n}', flush=True)
+            continue
+        if r.preset == preset: records.append(r); status[n] = 'earlier invocation'
+    return write_index(out, preset, records, status)
+

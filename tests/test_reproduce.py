@@ -62,6 +62,11 @@ def test_smoke_reproduction(tmp_path):
     paper = json.loads((Path(__file__).parents[1]/'reid_nb'/'paper_tables.json').read_text())
     ids = [f'{p}/{t}' for p in ('MGRAN', 'MMGA', 'FMN') for t in paper[p] if t != 'source']
     assert list(results['tables']) == ids and len(ids) == 12
+    # the index opens with the claims summary; the smoke preset runs one row of each claim at most, so none is decided
+    from reid_nb.claims import CLAIMS
+    assert list(results['claims']) == list(CLAIMS) and '<h2>Claims</h2>' in (out/'index.html').read_text()
+    assert all(c['verdict'] in ('not measured', 'cannot tell', 'holds', 'does not hold') for c in results['claims'].values())
+    assert 'stand-in for ImageNet weights' in ' '.join(results['tables']['MMGA/table1_ablation']['footnotes'])
     for tid, tab in results['tables'].items():
         src = paper[tid.split('/')[0]][tid.split('/')[1]]
         assert tab['columns'] == src['columns'] and [r['row'] for r in tab['rows']] == list(src['rows'])
@@ -127,3 +132,29 @@ def test_experiment_runs_on_each_synthetic_analog(tmp_path, dataset, options, ev
     assert (rec['dataset']['protocol'].get('eval') == 'single_gallery_shot') == (evaluation == 'single_gallery_shot')
     assert ('mAP' in rec['metrics']) == (evaluation == 'ranking')
     assert 0 <= rec['metrics']['rank1'] <= 1 and len(rec['metrics']['cmc']) == 50
+
+
+def test_finished_runs_are_reused_corrupt_ones_recomputed_and_force_reruns(tmp_path):
+    "The cache: a finished run of the same configuration is reused, a truncated metrics.json never enters a table."
+    out = tmp_path/'reports'
+    args = ('reproduce', '--preset', 'smoke', '--out', str(out), '--only', 'baseline', '--set', 'epochs=2', 'rerank=false')
+    res = run_cli(*args)
+    assert res.returncode == 0 and 'baseline: computing (not run yet)' in res.stdout, res.stdout[-3000:] + res.stderr[-3000:]
+    metrics = out/'runs'/'baseline'/'metrics.json'
+    first, stamp = json.loads(metrics.read_text()), metrics.stat().st_mtime_ns
+    res = run_cli(*args)                                           # same configuration: nothing recomputed
+    assert res.returncode == 0 and 'baseline: reused (finished earlier with this configuration)' in res.stdout, res.stdout
+    assert metrics.stat().st_mtime_ns == stamp and '<td>reused</td>' in (out/'index.html').read_text()
+    dry = run_cli(*args, '--dry-run')
+    assert dry.returncode == 0 and 'reuse' in dry.stdout and '0 to compute' in dry.stdout, dry.stdout
+    metrics.write_text(metrics.read_text()[:200])                  # a run killed while writing, or a damaged file
+    res = run_cli(*args)
+    assert res.returncode == 0 and 'its metrics.json is corrupt (JSONDecodeError' in res.stdout, res.stdout
+    again = json.loads(metrics.read_text())                        # recomputed (from its checkpoint: evaluation only)
+    assert again['metrics']['rank1'] == first['metrics']['rank1'] and again['metrics']['mAP'] == first['metrics']['mAP']
+    assert '<td>computed now</td>' in (out/'index.html').read_text()
+    res = run_cli(*args[:-3], '--set', 'epochs=3', 'rerank=false')  # another configuration: computed, never mixed up
+    assert res.returncode == 0 and 'baseline: computing (it was made with another configuration)' in res.stdout, res.stdout
+    res = run_cli(*args, '--force')
+    assert res.returncode == 0 and 'baseline: computing (forced)' in res.stdout, res.stdout
+    assert json.loads(metrics.read_text())['config']['epochs'] == 2 and not leftovers(out)
