@@ -4,7 +4,7 @@
 
 # %% ../nbs/02e_masking.ipynb #fc230ee1
 from __future__ import annotations
-import json, hashlib, math, re, time, warnings
+import contextlib, io, json, hashlib, math, re, time, warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -187,7 +187,10 @@ def _tv_weights(kind:str, weights, seed:int):
         p = Path(weights)
         if not p.is_file(): raise FileNotFoundError(f"No {kind} R-CNN weights file at {p}: pass 'coco', None (random init) or an existing state-dict path.")
         return None, torch.load(p, map_location='cpu', weights_only=True), f'file-{file_digest(p)}'
-    try: return None, enum.get_state_dict(progress=False, check_hash=True), f'{type(enum).__name__}.COCO_V1'
+    try:   # torch.hub prints 'Downloading: <url>' even without a progress bar: keep it out of outputs, the warning says what matters
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            sd = enum.get_state_dict(progress=False, check_hash=True)
+        return None, sd, f'{type(enum).__name__}.COCO_V1'
     except Exception as e:
         fname = enum.url.rsplit('/', 1)[-1]
         warnings.warn(f"Could not load the COCO weights {type(enum).__name__}.COCO_V1 ({type(e).__name__}: {e}). The {kind} "
@@ -451,7 +454,7 @@ def mask_summary(results) -> dict:
 MGRAN_KEYPOINTS = (5, 6, 11, 12)   # left/right shoulder, left/right hip (COCO indices)
 
 def show_mask_results(images:Sequence, results:Sequence[MaskResult], titles:Sequence[str]|None=None, size:float=1.3):
-    "Rows = crops; columns = original, pedestrian mask, keypoints (MGRAN's four in blue); fallbacks named."
+    "Rows = crops; columns = original, pedestrian mask, keypoints (MGRAN's four in blue, filled, with a legend); issues named."
     n = len(images)
     fig, axs = plt_subplots(n, 3, size)
     for i, (im, r) in enumerate(zip(images, results)):
@@ -459,13 +462,18 @@ def show_mask_results(images:Sequence, results:Sequence[MaskResult], titles:Sequ
         axs[i, 0].imshow(a); axs[i, 1].imshow(r.mask, cmap='gray', vmin=0, vmax=1)
         axs[i, 2].imshow((a*(0.35 + 0.65*r.mask[..., None])).astype(np.uint8))
         k = r.keypoints; vis = k[:, 2] > 0; four = np.zeros(17, bool); four[list(MGRAN_KEYPOINTS)] = True
-        axs[i, 2].scatter(k[vis & ~four, 0], k[vis & ~four, 1], s=8, facecolors='none', edgecolors='w', linewidths=0.6)
-        axs[i, 2].scatter(k[vis & four, 0], k[vis & four, 1], s=16, c='tab:blue', edgecolors='w', linewidths=0.5)
-        if r.issues: axs[i, 1].set_title('\n'.join(r.issues).replace('_', ' '), fontsize=6)
+        axs[i, 2].scatter(k[vis & ~four, 0], k[vis & ~four, 1], s=22, c='tab:orange', edgecolors='k', linewidths=0.5, label='other keypoints')
+        axs[i, 2].scatter(k[vis & four, 0], k[vis & four, 1], s=30, c='tab:blue', edgecolors='w', linewidths=0.6, label='shoulders, hips')
+        h, w = r.mask.shape; axs[i, 2].set_xlim(-0.5, w - 0.5); axs[i, 2].set_ylim(h - 0.5, -0.5)   # keypoints off the crop stay off
+        if r.issues: axs[i, 1].set_title('\n'.join(r.issues).replace('_', ' '), fontsize=7)
         if titles is not None: axs[i, 0].set_ylabel(titles[i], fontsize=7)
     for j, t in enumerate(['original', 'pedestrian mask', 'keypoints']): axs[-1, j].set_xlabel(t, fontsize=8)
     for ax in axs.ravel(): ax.set_xticks([]); ax.set_yticks([])
-    fig.tight_layout()
+    from matplotlib.lines import Line2D
+    fig.legend(handles=[Line2D([], [], ls='', marker='o', ms=6, mfc=c, mec=e, label=l) for c, e, l in
+                        (('tab:blue', 'k', 'shoulders, hips (MGRAN)'), ('tab:orange', 'k', 'other keypoints'))],
+               loc='lower center', ncol=2, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.07/max(n, 1)**0.5, 1, 1))
     return fig
 
 def plt_subplots(rows:int, cols:int, size:float=1.3):

@@ -252,12 +252,13 @@ def check_format(res, ps):
         else: assert r.mask.all() and (r.keypoints[:, 2] == 0).all() and ({'no_person', 'empty_mask'} & set(r.issues))
 
 
-def test_backends_output_format_on_same_images(paths, light):
+def test_backends_output_format_on_same_images(paths, light, capsys):
     ps = paths[:3]; imgs = [read_image(p) for p in ps]
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter('always')
         paper = TorchvisionMasker.paper(**native_size(H, W), rpn_post_nms_top_n_test=50)
     assert any('RANDOM initialisation' in str(x.message) for x in w) and paper.weights == 'random-seed0'
+    assert 'Downloading' not in str(capsys.readouterr())                     # torch.hub's line stays out of notebook outputs
     for masker in (GroundTruthMasker(), paper, light):
         check_format(masker(imgs, ps), ps)
     assert len({GroundTruthMasker().key, paper.key, light.key}) == 3
@@ -438,3 +439,32 @@ def test_store_errors_and_extras(paths, tmp_path):
     img, pid, mask, kps = ReIDImages(recs, ReIDTransform((256, 128), train=False), extras=s.extras)[0]
     assert mask.shape == (256, 128) and kps.shape == (17, 3) and mask.sum() > 0
     assert s.summary()['images'] == 3 and s.summary()['found'] == 3
+
+
+# ---- the light-MRA fine-tuning script -----------------------------------------------------------------------------
+def _finetune_script():
+    import importlib.util
+    path = Path(__file__).parent/'benchmarks'/'finetune_mra.py'
+    spec = importlib.util.spec_from_file_location('finetune_mra', path); mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_finetune_script_arguments():
+    fm = _finetune_script()
+    a = fm.parse_args([])
+    assert (a.iterations, a.max_seconds, a.out) == (160, None, fm.ASSETS)       # iterations stop it; no time cap by default
+    a = fm.parse_args(['--iterations', '3', '--max-seconds', '60', '--n-eval', '4', '--out', '/tmp/x'])
+    assert (a.iterations, a.max_seconds, a.n_eval, a.out) == (3, 60.0, 4, Path('/tmp/x'))
+    for bad in (['--iterations', '0'], ['--max-seconds', '-1']):
+        with pytest.raises(SystemExit): fm.parse_args(bad)
+
+
+def test_finetune_script_stops_after_its_iterations_and_writes_only_to_out(synth, tmp_path):
+    fm = _finetune_script()
+    assets = {p.name: p.read_bytes() for p in fm.ASSETS.glob('mra_finetune.*')}
+    rec = fm.main(iterations=2, n_eval=4, out=tmp_path)
+    assert rec['iterations'] == 2 and rec['stopped_by'] == 'iterations' and rec['max_seconds'] is None
+    assert json.loads((tmp_path/'mra_finetune.json').read_text())['iterations'] == 2 and (tmp_path/'mra_finetune.png').is_file()
+    assert Path(rec['checkpoint']).parent == tmp_path                              # a trial run keeps its checkpoint too
+    assert {p.name: p.read_bytes() for p in fm.ASSETS.glob('mra_finetune.*')} == assets   # the recorded run is untouched
