@@ -407,7 +407,7 @@ def describe_gallery(g_pids) -> str:
     "'N images: K ids + D distractors + J junk' — identities without Market's distractor (0) and junk (-1) pids."
     g = np.asarray(_as_tensor(g_pids, 'g_pids').cpu()).reshape(-1)
     ids, d, j = len(set(g[g > 0].tolist())), int((g == 0).sum()), int((g == -1).sum())
-    return f"{len(g)} images: {ids} ids" + (f" + {d} distractors" if d else '') + (f" + {j} junk" if j else '')
+    return f"{len(g)} images: {ids} id{'s' * (ids != 1)}" + (f" + {d} distractor{'s' * (d != 1)}" if d else '') + (f" + {j} junk" if j else '')
 
 def _load_image(x) -> np.ndarray:
     "An image given as a path, an HWC array or a CHW tensor, as an array for `imshow`."

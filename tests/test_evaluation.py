@@ -317,6 +317,7 @@ def test_ranked_gallery_and_figures(tmp_path):
 
 def test_describe_gallery_does_not_count_distractors_or_junk_as_identities():
     assert describe_gallery([3, 3, 5, 0, 0, -1]) == '6 images: 2 ids + 2 distractors + 1 junk'
+    assert describe_gallery([4, 0]) == '2 images: 1 id + 1 distractor'
     assert describe_gallery(torch.tensor([1, 2, 2])) == '3 images: 2 ids'
 
 
