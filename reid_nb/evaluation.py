@@ -14,7 +14,7 @@ from .core import check_choice
 # %% auto #0
 __all__ = ['RANKS', 'extract_features', 'euclidean_distance', 'protocol_keep', 'evaluate_ranking', 'pool_features',
            'single_gallery_shot_picks', 'evaluate_single_gallery_shot', 'mean_over_splits', 'bootstrap_ci',
-           'chance_level', 'plot_cmc', 'ranked_gallery', 'plot_ranked_list']
+           'chance_level', 'plot_cmc', 'ranked_gallery', 'describe_gallery', 'plot_ranked_list']
 
 # %% ../nbs/06_evaluation.ipynb #d99e5a5e
 def _as_tensor(x, what:str, dtype=None, device=None) -> torch.Tensor:
@@ -378,8 +378,8 @@ def chance_level(q_pids, g_pids, q_camids, g_camids) -> dict:
     return {'rank1': float((r / n).mean()), 'mAP': float(ap.mean()), 'num_valid_queries': int(valid.sum())}
 
 # %% ../nbs/06_evaluation.ipynb #de4bafdc
-def plot_cmc(results:dict, max_rank:int|None=None, title:str='CMC curve', ax=None):
-    "CMC curves of `results` ({name: cmc array or `evaluate_ranking` dict}) on one axis; returns the Figure."
+def plot_cmc(results:dict, max_rank:int|None=20, title:str='CMC curve', ax=None):
+    "CMC curves of `results` ({name: cmc array or `evaluate_ranking` dict}) at ranks 1…`max_rank` (None: all); returns the Figure."
     import matplotlib.pyplot as plt
     if ax is None: fig, ax = plt.subplots(figsize=(5, 3.5))
     else: fig = ax.figure
@@ -387,8 +387,11 @@ def plot_cmc(results:dict, max_rank:int|None=None, title:str='CMC curve', ax=Non
         cmc = np.asarray(res['cmc'] if isinstance(res, dict) else res, dtype=float)[:max_rank]
         label = f"{name} (rank-1 {cmc[0]:.1%}" + (f", mAP {res['mAP']:.1%})" if isinstance(res, dict) and 'mAP' in res else ")")
         ax.plot(np.arange(1, len(cmc) + 1), cmc, marker='o' if len(cmc) <= 20 else None, ms=3, label=label)
-    ax.set(xlabel='rank k', ylabel='matching rate (rank-k)', ylim=(0, 1.02), title=title)
-    ax.grid(alpha=0.3); ax.legend(fontsize=8, loc='lower right')
+    n = max(len(np.asarray(r['cmc'] if isinstance(r, dict) else r)[:max_rank]) for r in results.values())
+    ax.set_xticks([k for k in (1, 5, 10, 15, 20, 30, 40, 50) if k <= n] if n <= 50 else None)
+    ax.set(xlabel='rank k', ylabel='matching rate (rank-k)', ylim=(0, 1.02), xlim=(0.5, n + 0.5), title=title)
+    ax.title.set_fontsize(10); ax.grid(alpha=0.3); ax.legend(fontsize=8, loc='lower right')
+    if ax is fig.axes[0] and len(fig.axes) == 1: fig.tight_layout()
     return fig
 
 # %% ../nbs/06_evaluation.ipynb #bd5d9073
@@ -399,6 +402,12 @@ def ranked_gallery(dist_row, q_pid:int, q_camid:int, g_pids, g_camids) -> np.nda
     order = torch.sort(d, stable=True).indices
     keep = protocol_keep(torch.tensor([int(q_pid)]), g_pids, torch.tensor([int(q_camid)]), g_camids)[0]
     return order[keep[order]].numpy()
+
+def describe_gallery(g_pids) -> str:
+    "'N images: K ids + D distractors + J junk' — identities without Market's distractor (0) and junk (-1) pids."
+    g = np.asarray(_as_tensor(g_pids, 'g_pids').cpu()).reshape(-1)
+    ids, d, j = len(set(g[g > 0].tolist())), int((g == 0).sum()), int((g == -1).sum())
+    return f"{len(g)} images: {ids} id{'s' * (ids != 1)}" + (f" + {d} distractor{'s' * (d != 1)}" if d else '') + (f" + {j} junk" if j else '')
 
 def _load_image(x) -> np.ndarray:
     "An image given as a path, an HWC array or a CHW tensor, as an array for `imshow`."
@@ -421,18 +430,23 @@ def plot_ranked_list(query_paths, gallery_paths, distmat, q_pids, g_pids, q_cami
         n, r = _valid_counts(q_pids, g_pids, q_camids, g_camids)
         valid = r.nonzero().flatten().numpy()
         query_indices = valid[np.unique(np.linspace(0, len(valid) - 1, min(n_queries, len(valid))).round().astype(int))]
-    fig, axs = plt.subplots(len(query_indices), topk + 1, figsize=(1.1 * (topk + 1), 2.3 * len(query_indices)), squeeze=False)
+    fig, axs = plt.subplots(len(query_indices), topk + 1, figsize=(1.35 * (topk + 1), 3.1 * len(query_indices) + 0.8), squeeze=False)
     for row, qi in zip(axs, query_indices):
         qp, qc = int(q_pids[qi]), int(q_camids[qi])
-        cells = [(query_paths[qi], f"query\nid {qp} cam {qc}", 'royalblue')]
+        cells = [(query_paths[qi], f"query\nid {qp}\ncam {qc + 1}", 'royalblue')]            # cameras 1-based, as in file names
         for k, gi in enumerate(ranked_gallery(distmat[qi], qp, qc, g_pids, g_camids)[:topk]):
             gp = int(g_pids[gi])
-            cells.append((gallery_paths[gi], f"#{k + 1} id {gp}\ncam {int(g_camids[gi])} d={float(distmat[qi, gi]):.2f}",
+            cells.append((gallery_paths[gi], f"#{k + 1}  id {gp}\ncam {int(g_camids[gi]) + 1}\nd = {float(distmat[qi, gi]):.2f}",
                           'limegreen' if gp == qp else 'red'))
         for ax in row: ax.axis('off')
         for ax, (img, title, colour) in zip(row, cells):
             ax.axis('on'); ax.imshow(_load_image(img)); ax.set_xticks([]); ax.set_yticks([])
-            ax.set_title(title, fontsize=7)
+            ax.set_title(title, fontsize=9, linespacing=1.15)
             for s in ax.spines.values(): s.set_edgecolor(colour); s.set_linewidth(3)
-    fig.tight_layout()
+    from matplotlib.patches import Patch
+    fig.legend(handles=[Patch(fc='none', ec=c, lw=3, label=l) for c, l in
+                        (('royalblue', 'query'), ('limegreen', 'same identity'), ('red', 'other identity'))],
+               loc='lower center', ncol=3, fontsize=9, frameon=False)
+    fig.suptitle(f"Top {topk} of the gallery ({describe_gallery(g_pids)}), same identity and camera removed", fontsize=10)
+    fig.tight_layout(rect=(0, 0.5 / fig.get_figheight(), 1, 1))
     return fig

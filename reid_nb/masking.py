@@ -4,7 +4,7 @@
 
 # %% ../nbs/02e_masking.ipynb #fc230ee1
 from __future__ import annotations
-import json, hashlib, math, re, time, warnings
+import contextlib, io, json, hashlib, math, re, time, warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -19,15 +19,16 @@ from .data.synth import load_synth_annotations, load_part_map, pedestrian_mask, 
 from .data.pipeline import COCO_FLIP_INDEX, read_image
 
 # %% auto #0
-__all__ = ['ISSUES', 'D2_MASK_CONFIG', 'D2_KEYPOINT_CONFIG', 'D2_INSTALL', 'MGRAN_KEYPOINTS', 'MaskResult', 'fallback_result',
-           'box_iou_np', 'prior_box', 'select_pedestrian', 'detections_from_torchvision', 'detections_from_detectron2',
-           'combine_detections', 'native_size', 'file_digest', 'state_dict_digest', 'Masker', 'paper_mra_models',
-           'TorchvisionMasker', 'import_detectron2', 'detectron2_inputs', 'Detectron2Masker', 'GroundTruthMasker',
-           'mask_summary', 'show_mask_results', 'plt_subplots', 'light_mra_model', 'CocoPersons', 'finetune_mra',
-           'evaluate_mra', 'save_mra', 'load_mra', 'item_key', 'MaskStore', 'extract_masks']
+__all__ = ['ISSUES', 'D2_MASK_CONFIG', 'D2_KEYPOINT_CONFIG', 'D2_INSTALL', 'D2_WEIGHTS', 'D2_HEADS', 'MGRAN_KEYPOINTS',
+           'MaskResult', 'fallback_result', 'box_iou_np', 'prior_box', 'select_pedestrian',
+           'detections_from_torchvision', 'detections_from_detectron2', 'combine_detections', 'native_size',
+           'file_digest', 'state_dict_digest', 'Masker', 'paper_mra_models', 'TorchvisionMasker', 'import_detectron2',
+           'detectron2_inputs', 'load_detectron2_weights', 'Detectron2Masker', 'GroundTruthMasker', 'mask_summary',
+           'show_mask_results', 'plt_subplots', 'light_mra_model', 'CocoPersons', 'finetune_mra', 'evaluate_mra',
+           'save_mra', 'load_mra', 'item_key', 'MaskStore', 'extract_masks']
 
 # %% ../nbs/02e_masking.ipynb #a731aec3
-ISSUES = ('no_person', 'several_persons', 'empty_mask', 'keypoints_outside', 'no_keypoints')
+ISSUES = ('no_person', 'several_persons', 'empty_mask', 'keypoints_outside', 'no_keypoints', 'keypoint_error')
 
 @dataclass
 class MaskResult:
@@ -186,7 +187,10 @@ def _tv_weights(kind:str, weights, seed:int):
         p = Path(weights)
         if not p.is_file(): raise FileNotFoundError(f"No {kind} R-CNN weights file at {p}: pass 'coco', None (random init) or an existing state-dict path.")
         return None, torch.load(p, map_location='cpu', weights_only=True), f'file-{file_digest(p)}'
-    try: return None, enum.get_state_dict(progress=False, check_hash=True), f'{type(enum).__name__}.COCO_V1'
+    try:   # torch.hub prints 'Downloading: <url>' even without a progress bar: keep it out of outputs, the warning says what matters
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            sd = enum.get_state_dict(progress=False, check_hash=True)
+        return None, sd, f'{type(enum).__name__}.COCO_V1'
     except Exception as e:
         fname = enum.url.rsplit('/', 1)[-1]
         warnings.warn(f"Could not load the COCO weights {type(enum).__name__}.COCO_V1 ({type(e).__name__}: {e}). The {kind} "
@@ -291,12 +295,35 @@ def detectron2_inputs(arrays:Sequence[np.ndarray], min_size:int=800, max_size:in
     return out
 
 # %% ../nbs/02e_masking.ipynb #7c6e06a8
+D2_WEIGHTS = {D2_MASK_CONFIG: 'model_final_f10217.pkl', D2_KEYPOINT_CONFIG: 'model_final_a6e10b.pkl'}   # model-zoo file names
+D2_HEADS = ('proposal_generator.', 'roi_heads.')   # what a weights file of another model leaves unloaded
+
+def load_detectron2_weights(model:nn.Module, weights, config:str) -> None:
+    "Load a detectron2 weights file into `model` (built from `config`); refuse a file that is no checkpoint or leaves heads unloaded."
+    from detectron2.checkpoint import DetectionCheckpointer
+    ck, kind = DetectionCheckpointer(model), ('mask' if config == D2_MASK_CONFIG else 'keypoint')
+    expected = f"the model-zoo weights of {config} ({D2_WEIGHTS.get(config, 'its model_final_*.pkl')})"
+    # DetectionCheckpointer.load = _load_file + _load_model, but it only logs the keys it could not load: keep them
+    try: data = ck._load_file(str(weights))
+    except Exception as e:
+        raise ValueError(f"{weights} is not a detectron2 checkpoint ({type(e).__name__}: {e}); expected {expected}. Check the "
+                         "path (not a config, log or image file), or download the file again if it may be truncated.") from e
+    if not isinstance(data, dict) or 'model' not in data:
+        raise ValueError(f"{weights} holds no model weights (found {type(data).__name__}); expected {expected}.")
+    inc = ck._load_model(data)
+    if inc is None: return
+    unloaded = sorted({k for k in inc.missing_keys if k.startswith(D2_HEADS)} |
+                      {s[0] for s in inc.incorrect_shapes if s[0].startswith(D2_HEADS)})
+    if unloaded:
+        raise ValueError(f"{weights} does not fit {config}: {len(unloaded)} weights of its heads were left unloaded or had "
+                         f"another shape (e.g. {', '.join(unloaded[:3])}), so its {kind} outputs would be random. Expected "
+                         f"{expected}. Were the mask and keypoint files swapped? Pass that file as {kind}_weights.")
+
 def _d2_model(config:str, weights, min_size:int, max_size:int, device:str, config_dir=None):
     "A detectron2 model from a model-zoo config file (read from the installed package) and a weights file, eval mode."
     d2 = import_detectron2()
     from detectron2.config import get_cfg
     from detectron2.modeling import build_model
-    from detectron2.checkpoint import DetectionCheckpointer
     cfg_path = Path(config_dir or Path(d2.__file__).parent/'model_zoo'/'configs')/config
     if not cfg_path.is_file():
         raise FileNotFoundError(f"detectron2 config {config} not found at {cfg_path}; pass config_dir= the folder holding "
@@ -308,22 +335,40 @@ def _d2_model(config:str, weights, min_size:int, max_size:int, device:str, confi
     cfg.MODEL.WEIGHTS, cfg.MODEL.DEVICE = str(weights), str(device)
     cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST = int(min_size), int(max_size)
     model = build_model(cfg).eval()
-    DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+    load_detectron2_weights(model, weights, config)
     return model
+
+def _models_digest(models) -> str:
+    "`state-<sha1>` of already-built models (their state dicts), or an error asking for a name when they have none."
+    bad = [type(m).__name__ for m in models if not isinstance(m, nn.Module)]
+    if bad: raise ValueError(f"Detectron2Masker(models=...) names its mask store after the models' weights, but {bad} have no "
+                             "state dict to digest. Pass weights= a name that identifies these models.")
+    return f'state-{state_dict_digest(*models)}'
+
+def _run_each_on_assert(model, inputs:list) -> tuple[list, list]:
+    "`model(inputs)`; when detectron2 asserts on the batch, each input alone: outputs (None where it failed) and errors."
+    try: return model(inputs), [None]*len(inputs)
+    except AssertionError: pass
+    outs, errs = [], []
+    for x in inputs:
+        try: outs.append(model([x])[0]); errs.append(None)
+        except AssertionError as e: outs.append(None); errs.append(f'AssertionError: {e}' if str(e) else 'AssertionError')
+    return outs, errs
 
 class Detectron2Masker(Masker):
     "Masks and keypoints from detectron2's model-zoo Mask R-CNN and Keypoint R-CNN R50-FPN (user-supplied weights files)."
     backend = 'detectron2'
     def __init__(self, mask_weights, keypoint_weights, min_size:int=800, max_size:int=1333, device:str='cpu',
-                 score_threshold:float=0.5, kp_threshold:float=0.05, config_dir=None, models=None):
+                 score_threshold:float=0.5, kp_threshold:float=0.05, config_dir=None, models=None, weights:str|None=None):
         self.min_size, self.max_size, self.device = min_size, max_size, device
         self.score_threshold, self.kp_threshold = score_threshold, kp_threshold
-        self.weights = '+'.join(f'file-{file_digest(w)}' if w is not None and Path(w).is_file() else str(w)
-                                for w in (mask_weights, keypoint_weights))
-        if models is not None: self.mask_model, self.keypoint_model = models   # already built (tests, custom configs)
+        if models is not None:   # already built (tests, custom configs): identified by their state dicts
+            self.mask_model, self.keypoint_model = models
+            self.weights = weights or _models_digest(models)
         else:
             self.mask_model = _d2_model(D2_MASK_CONFIG, mask_weights, min_size, max_size, device, config_dir)
             self.keypoint_model = _d2_model(D2_KEYPOINT_CONFIG, keypoint_weights, min_size, max_size, device, config_dir)
+            self.weights = weights or '+'.join(f'file-{file_digest(w)}' for w in (mask_weights, keypoint_weights))
 
     def identity(self) -> dict:
         return dict(backend=self.backend, weights=self.weights, min_size=self.min_size, max_size=self.max_size,
@@ -333,9 +378,21 @@ class Detectron2Masker(Masker):
     def predict(self, images:Sequence, paths=None) -> list[MaskResult]:
         arrays = [_as_rgb(im) for im in images]
         inputs = detectron2_inputs(arrays, self.min_size, self.max_size)
-        mo, ko = self.mask_model(inputs), self.keypoint_model(inputs)
-        return [combine_detections(detections_from_detectron2(m['instances']), detections_from_detectron2(k['instances']),
-                                   *a.shape[:2], self.score_threshold, self.kp_threshold) for a, m, k in zip(arrays, mo, ko)]
+        mo, (ko, errs) = self.mask_model(inputs), _run_each_on_assert(self.keypoint_model, inputs)
+        res = []
+        for a, m, k, err in zip(arrays, mo, ko, errs):
+            md = detections_from_detectron2(m['instances'])
+            r = combine_detections(md, None if err else detections_from_detectron2(k['instances']), *a.shape[:2],
+                                   self.score_threshold, self.kp_threshold)
+            if err: r.issues = tuple(i for i in r.issues if i != 'no_keypoints') + ('keypoint_error',)
+            res.append(r)
+        if any(errs):
+            warnings.warn(f"detectron2's keypoint model failed on {sum(map(bool, errs))} of {len(errs)} crops "
+                          f"({next(e for e in errs if e)}); they keep their masks, with no usable keypoints (issue "
+                          "'keypoint_error'). Untrained or mismatched keypoint weights at 800 px cause this: check keypoint_weights.",
+                          stacklevel=2)
+        return res
+
 
 # %% ../nbs/02e_masking.ipynb #4048de63
 class GroundTruthMasker(Masker):
@@ -397,7 +454,7 @@ def mask_summary(results) -> dict:
 MGRAN_KEYPOINTS = (5, 6, 11, 12)   # left/right shoulder, left/right hip (COCO indices)
 
 def show_mask_results(images:Sequence, results:Sequence[MaskResult], titles:Sequence[str]|None=None, size:float=1.3):
-    "Rows = crops; columns = original, pedestrian mask, keypoints (MGRAN's four in blue); fallbacks named."
+    "Rows = crops; columns = original, pedestrian mask, keypoints (MGRAN's four in blue, filled, with a legend); issues named."
     n = len(images)
     fig, axs = plt_subplots(n, 3, size)
     for i, (im, r) in enumerate(zip(images, results)):
@@ -405,13 +462,18 @@ def show_mask_results(images:Sequence, results:Sequence[MaskResult], titles:Sequ
         axs[i, 0].imshow(a); axs[i, 1].imshow(r.mask, cmap='gray', vmin=0, vmax=1)
         axs[i, 2].imshow((a*(0.35 + 0.65*r.mask[..., None])).astype(np.uint8))
         k = r.keypoints; vis = k[:, 2] > 0; four = np.zeros(17, bool); four[list(MGRAN_KEYPOINTS)] = True
-        axs[i, 2].scatter(k[vis & ~four, 0], k[vis & ~four, 1], s=8, facecolors='none', edgecolors='w', linewidths=0.6)
-        axs[i, 2].scatter(k[vis & four, 0], k[vis & four, 1], s=16, c='tab:blue', edgecolors='w', linewidths=0.5)
-        if r.issues: axs[i, 1].set_title('\n'.join(r.issues).replace('_', ' '), fontsize=6)
+        axs[i, 2].scatter(k[vis & ~four, 0], k[vis & ~four, 1], s=22, c='tab:orange', edgecolors='k', linewidths=0.5, label='other keypoints')
+        axs[i, 2].scatter(k[vis & four, 0], k[vis & four, 1], s=30, c='tab:blue', edgecolors='w', linewidths=0.6, label='shoulders, hips')
+        h, w = r.mask.shape; axs[i, 2].set_xlim(-0.5, w - 0.5); axs[i, 2].set_ylim(h - 0.5, -0.5)   # keypoints off the crop stay off
+        if r.issues: axs[i, 1].set_title('\n'.join(r.issues).replace('_', ' '), fontsize=7)
         if titles is not None: axs[i, 0].set_ylabel(titles[i], fontsize=7)
     for j, t in enumerate(['original', 'pedestrian mask', 'keypoints']): axs[-1, j].set_xlabel(t, fontsize=8)
     for ax in axs.ravel(): ax.set_xticks([]); ax.set_yticks([])
-    fig.tight_layout()
+    from matplotlib.lines import Line2D
+    fig.legend(handles=[Line2D([], [], ls='', marker='o', ms=6, mfc=c, mec=e, label=l) for c, e, l in
+                        (('tab:blue', 'k', 'shoulders, hips (MGRAN)'), ('tab:orange', 'k', 'other keypoints'))],
+               loc='lower center', ncol=2, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.07/max(n, 1)**0.5, 1, 1))
     return fig
 
 def plt_subplots(rows:int, cols:int, size:float=1.3):

@@ -17,7 +17,8 @@ __all__ = ['PART_LABELS', 'PART', 'PART_COLORS', 'COCO_KEYPOINTS', 'COCO_SKELETO
            'HIP_FRAC', 'REGIONS', 'PARTS', 'LIMBS', 'UPPER_PARTS', 'BOTTOM_PARTS', 'REGION_COLORS', 'CutLine',
            'mask_extent', 'proportional_line', 'body_line', 'RegionSplit', 'region_lines', 'region_masks', 'part_masks',
            'pedestrian_region', 'space_alignment', 'body_part_masks', 'middle_line_masks', 'resize_mask',
-           'region_summary', 'color_regions', 'show_mgran_regions', 'show_middle_vs_parts']
+           'region_summary', 'color_regions', 'region_legend', 'show_mgran_regions', 'middle_line_error',
+           'show_middle_vs_parts']
 
 # %% ../nbs/02f_regions.ipynb #35f94dc3
 PART_LABELS = ['background', 'hat', 'hair', 'face', 'upper_clothes', 'arms', 'lower_clothes', 'legs', 'shoes', 'bag']
@@ -236,6 +237,12 @@ def color_regions(image, split:RegionSplit, alpha:float=0.6) -> np.ndarray:
         out[m] = (1 - alpha)*a[m] + alpha*np.array(REGION_COLORS.get(k, (255, 255, 255)), np.float32)
     return out.clip(0, 255).astype(np.uint8)
 
+def region_legend(fig, names, ncol:int=3, fontsize:float=8, **kw):
+    "A figure legend of the colours `color_regions` gives the regions `names`."
+    from matplotlib.patches import Patch
+    return fig.legend(handles=[Patch(fc=np.array(REGION_COLORS[n])/255, ec='k', lw=0.5, label=n.replace('_', ' ')) for n in names],
+                      ncol=ncol, fontsize=fontsize, frameon=False, **kw)
+
 def _draw_line(ax, line:CutLine, w:int, **kw): ax.plot([0, w - 1], line.y_at([0, w - 1]), **kw)
 
 def show_mgran_regions(images, masks, keypoints, size:float=1.2):
@@ -247,27 +254,43 @@ def show_mgran_regions(images, masks, keypoints, size:float=1.2):
         axs[i, 0].imshow(a); axs[i, 1].imshow(m, cmap='gray')
         axs[i, 2].imshow(pedestrian_region(a, m))
         four = [j for j in SHOULDERS + HIPS if k[j, 2] >= 1]
-        axs[i, 2].scatter(k[four, 0], k[four, 1], s=14, c='deepskyblue', edgecolors='w', linewidths=0.5, zorder=3)
+        axs[i, 2].scatter(k[four, 0], k[four, 1], s=24, c='deepskyblue', edgecolors='k', linewidths=0.5, zorder=3)
         for name, l in s.lines.items(): _draw_line(axs[i, 2], l, w, color='deepskyblue' if l.source == 'keypoints' else 'orange', lw=0.8)
         axs[i, 3].imshow(color_regions(a, s))
-        if s.fallbacks: axs[i, 3].set_title('\n'.join(s.fallbacks), fontsize=5)
-    for j, t in enumerate(['original', 'pedestrian mask', 'keypoints', 'regions']): axs[-1, j].set_xlabel(t, fontsize=7)
+        if s.fallbacks: axs[i, 3].set_title('\n'.join(s.fallbacks).replace('_', ' '), fontsize=7)
+    for j, t in enumerate(['original', 'pedestrian mask', 'keypoints', 'regions']): axs[-1, j].set_xlabel(t, fontsize=8)
     for ax in axs.ravel(): ax.set_xticks([]); ax.set_yticks([]); ax.set_xlim(-0.5, w - 0.5); ax.set_ylim(h - 0.5, -0.5)
-    fig.tight_layout()
+    region_legend(fig, REGIONS, loc='lower center')
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
     return fig
 
 # %% ../nbs/02f_regions.ipynb #21fb0706
-def show_middle_vs_parts(images, part_maps, keypoints, size:float=1.2):
+def middle_line_error(part_map, keypoints) -> tuple[float, float]:
+    "How far DMGA's middle row is from the hip line at the body's centre column (pixels), and the share of the body it puts on the wrong side."
+    pm = np.asarray(part_map); whole = pm > 0
+    if not whole.any(): return 0.0, 0.0
+    mid, bp = middle_line_masks(whole), body_part_masks(part_map=pm, keypoints=keypoints)
+    xc = np.flatnonzero(whole.any(0)).mean()
+    gap = abs(float(bp.lines['hips'].y_at(xc)) - mid.lines['middle'].y0)
+    return gap, float((mid['upper'] ^ bp['upper']).sum()/whole.sum())
+
+def show_middle_vs_parts(images, part_maps, keypoints, size:float=1.5):
     "MMGA Fig. 2: rows = original, whole-body mask, middle-line split (DMGA), body-part split (MMGA); columns = crops."
     import matplotlib.pyplot as plt
     n = len(images)
-    fig, axs = plt.subplots(4, n, figsize=(n*size, 8*size), squeeze=False)
+    fig, axs = plt.subplots(4, n, figsize=(n*size + 0.6, 8*size + 0.5), squeeze=False)
     for j, (im, pm, k) in enumerate(zip(images, part_maps, keypoints)):
-        a = np.asarray(im); whole = np.asarray(pm) > 0
+        a = np.asarray(im); whole = np.asarray(pm) > 0; h, w = whole.shape
+        mid, bp = middle_line_masks(whole), body_part_masks(part_map=pm, keypoints=k)
         axs[0, j].imshow(a); axs[1, j].imshow(whole, cmap='gray')
-        axs[2, j].imshow(color_regions(a, middle_line_masks(whole)))
-        axs[3, j].imshow(color_regions(a, body_part_masks(part_map=pm, keypoints=k)))
-    for i, t in enumerate(['original', 'whole-body mask', 'middle line (DMGA)', 'body parts (MMGA)']): axs[i, 0].set_ylabel(t, fontsize=7)
+        axs[2, j].imshow(color_regions(a, mid)); _draw_line(axs[2, j], mid.lines['middle'], w, color='w', lw=1.2, ls='--')
+        axs[3, j].imshow(color_regions(a, bp)); _draw_line(axs[3, j], bp.lines['hips'], w, color='w', lw=1.2)
+        _draw_line(axs[3, j], mid.lines['middle'], w, color='w', lw=0.8, ls='--')
+        gap, wrong = middle_line_error(pm, k)
+        axs[0, j].set_title(f'hips {gap:.0f} px\nfrom middle\n{wrong:.0%} wrong side', fontsize=8)
+        for ax in axs[:, j]: ax.set_xlim(-0.5, w - 0.5); ax.set_ylim(h - 0.5, -0.5)
+    for i, t in enumerate(['original', 'whole-body mask', 'middle line\n(DMGA)', 'body parts\n(MMGA)']): axs[i, 0].set_ylabel(t, fontsize=9)
     for ax in axs.ravel(): ax.set_xticks([]); ax.set_yticks([])
-    fig.tight_layout()
+    region_legend(fig, ('upper', 'bottom'), ncol=2, loc='lower center', fontsize=9)
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
     return fig

@@ -8,7 +8,7 @@ from hypothesis import given, settings, strategies as st, HealthCheck
 from torch.utils.data import DataLoader, TensorDataset
 
 from reid_nb.evaluation import (extract_features, euclidean_distance, evaluate_ranking, chance_level,
-                                protocol_keep, ranked_gallery, plot_cmc, plot_ranked_list, pool_features,
+                                protocol_keep, ranked_gallery, plot_cmc, plot_ranked_list, describe_gallery, pool_features,
                                 evaluate_single_gallery_shot, single_gallery_shot_picks, mean_over_splits, bootstrap_ci)
 
 
@@ -304,8 +304,21 @@ def test_ranked_gallery_and_figures(tmp_path):
     assert colours <= {tuple(np.round(matplotlib.colors.to_rgba(c), 3)) for c in ['royalblue', 'limegreen', 'red']}
     with pytest.raises(ValueError, match='Expected 3 query and 12 gallery images'):
         plot_ranked_list(paths[:2], paths[3:], distmat, q_pids, g_pids, q_camids, g_camids)
+    cam_labels = [t for ax in fig.axes for t in ax.get_title().split('\n') if t.startswith('cam ')]
+    shown = {int(t.split()[1]) for t in cam_labels}
+    assert shown and shown <= {c + 1 for c in np.unique(np.r_[q_camids, g_camids]).tolist()}   # the dataset's 1-based numbering
+    assert 0 not in shown and describe_gallery(g_pids) in fig._suptitle.get_text()
     fig = plot_cmc({'a': np.linspace(0.2, 1, 10), 'b': {'cmc': np.ones(10), 'mAP': 0.5}})
     assert len(fig.axes[0].lines) == 2 and 'mAP 50.0%' in fig.axes[0].get_legend().get_texts()[1].get_text()
+    long = np.linspace(0.2, 1, 50)
+    assert list(plot_cmc({'a': long}).axes[0].lines[0].get_xdata()) == list(range(1, 21))    # ranks 1-20 by default
+    assert len(plot_cmc({'a': long}, max_rank=None).axes[0].lines[0].get_xdata()) == 50
+
+
+def test_describe_gallery_does_not_count_distractors_or_junk_as_identities():
+    assert describe_gallery([3, 3, 5, 0, 0, -1]) == '6 images: 2 ids + 2 distractors + 1 junk'
+    assert describe_gallery([4, 0]) == '2 images: 1 id + 1 distractor'
+    assert describe_gallery(torch.tensor([1, 2, 2])) == '3 images: 2 ids'
 
 
 def test_pool_features_against_loops():

@@ -1,5 +1,6 @@
 """Masking backends, bad-input fallbacks and the resumable mask store (reid_nb.masking)."""
-import copy, json, shutil, warnings
+import copy, json, pickle, shutil, sys, types, warnings
+from collections import namedtuple
 from pathlib import Path
 import numpy as np
 import pytest
@@ -11,7 +12,8 @@ from reid_nb.data.market import Record
 from reid_nb.masking import (ISSUES, MaskResult, GroundTruthMasker, TorchvisionMasker, Detectron2Masker, MaskStore,
                              detections_from_torchvision, detections_from_detectron2, combine_detections, detectron2_inputs,
                              extract_masks, mask_summary, light_mra_model, native_size, select_pedestrian, item_key,
-                             import_detectron2, Masker, fallback_result, state_dict_digest)
+                             import_detectron2, Masker, fallback_result, state_dict_digest, D2_MASK_CONFIG,
+                             D2_KEYPOINT_CONFIG)
 
 torch.set_num_threads(1)
 H, W = 128, 64
@@ -105,13 +107,17 @@ def test_detectron2_inputs_are_bgr_0_255_resized_shortest_edge():
     assert detectron2_inputs([x], **native_size(H, W))[0]['image'].shape == (3, H, W)
 
 
-class FakeD2Model:
-    "A callable like a detectron2 model: list of input dicts -> list of {'instances': Instances} at the original size."
-    def __init__(self, keypoints:bool): self.keypoints, self.calls = keypoints, []
-    def __call__(self, inputs):
+class FakeD2Model(nn.Module):
+    "A module like a detectron2 model: list of input dicts -> list of {'instances': Instances} at the original size."
+    def __init__(self, keypoints:bool, seed:int=0):
+        super().__init__(); self.keypoints, self.calls = keypoints, []
+        self.w = nn.Parameter(torch.tensor([float(seed)]))          # its "weights": what the store key digests
+    def forward(self, inputs):
         self.calls.append(inputs)
         out = []
         for i in inputs:
+            if self.keypoints and (i['image'] == 0).all():          # like detectron2 on non-finite keypoint heatmaps
+                raise AssertionError('heatmaps are not finite')
             masks, boxes, scores, kps, p = scene()
             inst = as_detectron2(masks, boxes, scores, kps, p)
             if self.keypoints: del inst.pred_masks
@@ -128,6 +134,91 @@ def test_detectron2_adapter_end_to_end_with_fake_models(paths):
     assert mm.calls[0][0]['image'].shape == (3, H, W)
     assert all(r.found and r.mask.shape == (H, W) and r.n_persons == 2 for r in res)
     assert masker.key.startswith('detectron2-') and masker.key != GroundTruthMasker().key
+
+
+def test_detectron2_models_get_their_own_store(paths, tmp_path):
+    "Maskers on already-built models are keyed by the models' weights: two different models never share a store."
+    a = Detectron2Masker(None, None, **native_size(H, W), models=(FakeD2Model(False, 0), FakeD2Model(True, 0)))
+    b = Detectron2Masker(None, None, **native_size(H, W), models=(FakeD2Model(False, 0), FakeD2Model(True, 1)))
+    same = Detectron2Masker(None, None, **native_size(H, W), models=(FakeD2Model(False, 0), FakeD2Model(True, 0)))
+    assert a.key != b.key and a.identity() != b.identity() and 'None' not in a.key
+    assert same.key == a.key
+    extract_masks(a, paths[:2], 'synth', tmp_path/'s', progress=False)
+    with pytest.raises(ValueError, match='never mix'): MaskStore.create(tmp_path/'s', b, 'synth')
+    assert Detectron2Masker(None, None, models=(lambda x: x, lambda x: x), weights='mine').weights == 'mine'
+    with pytest.raises(ValueError, match='weights='): Detectron2Masker(None, None, models=(lambda x: x, lambda x: x))
+
+
+def test_detectron2_keypoint_failure_is_a_fallback_for_that_crop_only(paths):
+    masker = Detectron2Masker(None, None, **native_size(H, W), models=(FakeD2Model(False), FakeD2Model(True)))
+    imgs = [np.asarray(read_image(paths[0])), np.zeros((H, W, 3), np.uint8), np.asarray(read_image(paths[1]))]
+    with pytest.warns(UserWarning, match=r"failed on 1 of 3 crops \(AssertionError: heatmaps are not finite\)"):
+        res = masker(imgs)
+    assert [('keypoint_error' in r.issues) for r in res] == [False, True, False]
+    assert res[1].found and (res[1].keypoints[:, 2] == 0).all() and 'no_keypoints' not in res[1].issues
+    assert (res[0].keypoints[:, 2] > 0).any() and mask_summary(res)['keypoint_error'] == 1
+
+
+# ---- a stand-in for detectron2's config, model building and checkpointer (detectron2 is not installable here) -------
+class TinyRCNN(nn.Module):
+    "Named like a detectron2 GeneralizedRCNN: backbone, proposal_generator, roi_heads with a box predictor and a mask or keypoint head."
+    def __init__(self, keypoint:bool):
+        super().__init__()
+        self.backbone, self.proposal_generator, self.roi_heads = nn.Linear(2, 2), nn.Linear(2, 2), nn.Module()
+        self.roi_heads.box_predictor = nn.Linear(4, 2 if keypoint else 81)     # person only vs the 80 COCO classes
+        setattr(self.roi_heads, 'keypoint_head' if keypoint else 'mask_head', nn.Linear(4, 4))
+
+
+class FakeCheckpointer:
+    "fvcore's Checkpointer steps: _load_file (unpickle; wrap a bare state dict) and _load_model (incompatible keys)."
+    Incompatible = namedtuple('Incompatible', 'missing_keys unexpected_keys incorrect_shapes')
+    def __init__(self, model): self.model = model
+    def _load_file(self, f):
+        loaded = torch.load(f, map_location='cpu', weights_only=False)
+        return loaded if 'model' in loaded else {'model': loaded}
+    def _load_model(self, checkpoint):
+        sd, own = dict(checkpoint['model']), self.model.state_dict()
+        bad = [(k, tuple(v.shape), tuple(own[k].shape)) for k, v in sd.items() if k in own and v.shape != own[k].shape]
+        for k, *_ in bad: del sd[k]
+        r = self.model.load_state_dict(sd, strict=False)
+        return self.Incompatible(r.missing_keys, r.unexpected_keys, bad)
+
+
+@pytest.fixture
+def fake_detectron2(monkeypatch, tmp_path):
+    "detectron2's modules as stand-ins in sys.modules, with the two model-zoo config files in the package folder."
+    pkg = tmp_path/'detectron2'
+    for c in (D2_MASK_CONFIG, D2_KEYPOINT_CONFIG):
+        (pkg/'model_zoo'/'configs'/c).parent.mkdir(parents=True, exist_ok=True); (pkg/'model_zoo'/'configs'/c).write_text('')
+    def get_cfg():
+        cfg = types.SimpleNamespace(MODEL=types.SimpleNamespace(), INPUT=types.SimpleNamespace())
+        cfg.merge_from_file = lambda path: setattr(cfg, 'file', path)
+        return cfg
+    mods = dict(detectron2=types.ModuleType('detectron2'), config=types.ModuleType('detectron2.config'),
+                modeling=types.ModuleType('detectron2.modeling'), checkpoint=types.ModuleType('detectron2.checkpoint'))
+    mods['detectron2'].__file__ = str(pkg/'__init__.py')
+    mods['config'].get_cfg = get_cfg
+    mods['modeling'].build_model = lambda cfg: TinyRCNN('Keypoints' in cfg.file)
+    mods['checkpoint'].DetectionCheckpointer = FakeCheckpointer
+    for name, m in mods.items(): monkeypatch.setitem(sys.modules, 'detectron2' if name == 'detectron2' else f'detectron2.{name}', m)
+    files = dict(mask=tmp_path/'model_final_f10217.pkl', keypoint=tmp_path/'model_final_a6e10b.pkl', junk=tmp_path/'junk.pkl')
+    torch.save({'model': TinyRCNN(False).state_dict(), '__author__': 'test'}, files['mask'])
+    torch.save(TinyRCNN(True).state_dict(), files['keypoint'])                  # a bare state dict is a checkpoint too
+    files['junk'].write_bytes(b'MODEL:\n  WEIGHTS: ""\n')                         # a config file, not a checkpoint
+    return files
+
+
+def test_detectron2_weights_are_checked_on_loading(fake_detectron2):
+    f = fake_detectron2
+    m = Detectron2Masker(f['mask'], f['keypoint'])
+    assert m.weights.count('file-') == 2 and isinstance(m.keypoint_model.roi_heads.keypoint_head, nn.Linear)
+    with pytest.raises(ValueError) as e: Detectron2Masker(f['keypoint'], f['mask'])                # swapped
+    msg = str(e.value)
+    assert str(f['keypoint']) in msg and 'mask_rcnn_R_50_FPN_3x' in msg and 'model_final_f10217.pkl' in msg
+    assert 'roi_heads.' in msg and 'swapped' in msg
+    with pytest.raises(ValueError) as e: Detectron2Masker(f['mask'], f['junk'])                    # not a checkpoint
+    assert str(f['junk']) in str(e.value) and 'not a detectron2 checkpoint' in str(e.value)
+    assert 'keypoint_rcnn_R_50_FPN_3x' in str(e.value) and isinstance(e.value.__cause__, pickle.UnpicklingError)
 
 
 def test_detectron2_missing_gives_install_line():
@@ -161,12 +252,13 @@ def check_format(res, ps):
         else: assert r.mask.all() and (r.keypoints[:, 2] == 0).all() and ({'no_person', 'empty_mask'} & set(r.issues))
 
 
-def test_backends_output_format_on_same_images(paths, light):
+def test_backends_output_format_on_same_images(paths, light, capsys):
     ps = paths[:3]; imgs = [read_image(p) for p in ps]
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter('always')
         paper = TorchvisionMasker.paper(**native_size(H, W), rpn_post_nms_top_n_test=50)
     assert any('RANDOM initialisation' in str(x.message) for x in w) and paper.weights == 'random-seed0'
+    assert 'Downloading' not in str(capsys.readouterr())                     # torch.hub's line stays out of notebook outputs
     for masker in (GroundTruthMasker(), paper, light):
         check_format(masker(imgs, ps), ps)
     assert len({GroundTruthMasker().key, paper.key, light.key}) == 3
@@ -224,7 +316,7 @@ def test_bad_inputs_have_fallbacks_and_are_counted():
            combine_detections(d, far, H, W)]                           # several persons, no keypoints
     s = mask_summary(res)
     assert s == dict(images=4, found=2, no_person=1, several_persons=3, empty_mask=1, keypoints_outside=1,
-                     no_keypoints=1, mean_score=pytest.approx(0.8))
+                     no_keypoints=1, keypoint_error=0, mean_score=pytest.approx(0.8))
     assert not res[2].found and res[2].mask.all()
     assert (res[3].keypoints[:, 2] == 0).all() and res[3].found
 
@@ -347,3 +439,32 @@ def test_store_errors_and_extras(paths, tmp_path):
     img, pid, mask, kps = ReIDImages(recs, ReIDTransform((256, 128), train=False), extras=s.extras)[0]
     assert mask.shape == (256, 128) and kps.shape == (17, 3) and mask.sum() > 0
     assert s.summary()['images'] == 3 and s.summary()['found'] == 3
+
+
+# ---- the light-MRA fine-tuning script -----------------------------------------------------------------------------
+def _finetune_script():
+    import importlib.util
+    path = Path(__file__).parent/'benchmarks'/'finetune_mra.py'
+    spec = importlib.util.spec_from_file_location('finetune_mra', path); mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_finetune_script_arguments():
+    fm = _finetune_script()
+    a = fm.parse_args([])
+    assert (a.iterations, a.max_seconds, a.out) == (160, None, fm.ASSETS)       # iterations stop it; no time cap by default
+    a = fm.parse_args(['--iterations', '3', '--max-seconds', '60', '--n-eval', '4', '--out', '/tmp/x'])
+    assert (a.iterations, a.max_seconds, a.n_eval, a.out) == (3, 60.0, 4, Path('/tmp/x'))
+    for bad in (['--iterations', '0'], ['--max-seconds', '-1']):
+        with pytest.raises(SystemExit): fm.parse_args(bad)
+
+
+def test_finetune_script_stops_after_its_iterations_and_writes_only_to_out(synth, tmp_path):
+    fm = _finetune_script()
+    assets = {p.name: p.read_bytes() for p in fm.ASSETS.glob('mra_finetune.*')}
+    rec = fm.main(iterations=2, n_eval=4, out=tmp_path)
+    assert rec['iterations'] == 2 and rec['stopped_by'] == 'iterations' and rec['max_seconds'] is None
+    assert json.loads((tmp_path/'mra_finetune.json').read_text())['iterations'] == 2 and (tmp_path/'mra_finetune.png').is_file()
+    assert Path(rec['checkpoint']).parent == tmp_path                              # a trial run keeps its checkpoint too
+    assert {p.name: p.read_bytes() for p in fm.ASSETS.glob('mra_finetune.*')} == assets   # the recorded run is untouched

@@ -6,7 +6,7 @@ from reid_nb.data.synth import generate_synthreid, load_synth_annotations, load_
 from reid_nb.masking import GroundTruthMasker
 from reid_nb.regions import (region_masks, part_masks, body_part_masks, middle_line_masks, resize_mask, pedestrian_region,
                              space_alignment, region_summary, body_line, CutLine, SHOULDERS, HIPS, SHOULDER_FRAC, HIP_FRAC,
-                             UPPER_PARTS, BOTTOM_PARTS, PARTS)
+                             UPPER_PARTS, BOTTOM_PARTS, PARTS, middle_line_error, show_middle_vs_parts)
 
 
 def person(h=128, w=64, top=10, bottom=120, left=16, right=48):
@@ -119,6 +119,21 @@ def test_middle_line_and_mask_middle():
     assert middle_line_masks(m).areas()['upper'] == 24*32
     assert middle_line_masks(m, of='mask').areas()['upper'] == 44*32
     with pytest.raises(ValueError, match='image'): middle_line_masks(m, of='crop')
+
+
+def test_middle_line_error_against_pixel_count():
+    "A person shifted down: DMGA's middle row cuts the torso; the error is the hip line's distance and the wrongly cut share."
+    pm = np.zeros((128, 64), np.uint8); pm[40:80, 20:44] = PART['upper_clothes']; pm[80:126, 20:44] = PART['lower_clothes']
+    k = kps((20, 42), (43, 42), (24, 80), (40, 80))
+    gap, wrong = middle_line_error(pm, k)
+    rows = np.arange(128)[:, None]
+    upper_by_middle, upper_by_parts = (pm > 0) & (rows < 64), pm == PART['upper_clothes']
+    assert gap == 80 - 64 and wrong == pytest.approx((upper_by_middle ^ upper_by_parts).sum()/(pm > 0).sum())
+    assert wrong == pytest.approx(16*24/(86*24))                 # rows 64-79 of the torso fall below the middle
+    assert middle_line_error(np.zeros((128, 64), np.uint8), k) == (0.0, 0.0)
+    import matplotlib; matplotlib.use('Agg')
+    fig = show_middle_vs_parts([np.zeros((128, 64, 3), np.uint8)], [pm], [k])
+    assert 'hips 16 px' in fig.axes[0].get_title() and len(fig.legends) == 1
 
 
 def test_resize_mask_is_block_average_when_divisible():
