@@ -14,7 +14,7 @@ from .pretrain import standin_budget, standin_weights
 
 # %% auto #0
 __all__ = ['notebooks_dir', 'render_html', 'RunFailed', 'execute_run', 'results_table', 'write_index', 'runs_for', 'plan_runs',
-           'cached_record', 'dry_run', 'reproduce']
+           'cached_record', 'dry_run', 'check_data', 'reproduce']
 
 # %% ../nbs/09_reports.ipynb #6e011629
 def notebooks_dir() -> Path:
@@ -198,6 +198,16 @@ def dry_run(preset:str, runs, out) -> pd.DataFrame:
                          measured_s=round(sum(rec.timings.values())) if rec else None))
     return pd.DataFrame(rows)
 
+def check_data(preset:str, runs):
+    "One error, before any run starts, naming every dataset folder the planned `runs` need that is missing or incomplete."
+    from reid_nb.data.registry import dataset_folder_problem
+    wanted = dict.fromkeys((c.dataset, c.data_root) for c in (get_preset(preset, **o) for _, o, _ in runs))
+    problems = [f"{name}: {why}" for (name, root) in wanted if (why := dataset_folder_problem(name, root))]
+    if problems:
+        raise FileNotFoundError(f"{len(problems)} dataset folder(s) that preset {preset!r} needs are missing; nothing was run.\n\n"
+                                + '\n\n'.join(problems) + "\n\nThe smoke, quick and cpu presets need no download: they generate "
+                                "the SynthReID analogs.")
+
 def reproduce(preset:str='smoke', out='reports', only:list[str]|None=None, overrides:dict|None=None,
               progress:bool=True, tables:list[str]|None=None, force:bool=False, dry:bool=False) -> Path|pd.DataFrame:
     "Run every experiment of `preset` (or those `tables` need; with config `overrides`) through papermill into `out`; return `index.html`."
@@ -206,6 +216,7 @@ def reproduce(preset:str='smoke', out='reports', only:list[str]|None=None, overr
     overrides = overrides or {}
     if 'name' in overrides: raise ValueError("Runs are named by the preset (see experiments_for); drop 'name' from the overrides.")
     out = Path(out); runs = plan_runs(preset, only, overrides, out/'checkpoints')
+    check_data(preset, runs)
     if dry: return dry_run(preset, runs, out)
     for backbone, budget in dict.fromkeys((c.backbone, standin_budget(c.pretrained)) for c in (get_preset(preset, **o) for _, o, _ in runs)):
         if budget: standin_weights(backbone, budget, progress=progress)  # once, before any run: every run then loads it

@@ -158,3 +158,14 @@ def test_finished_runs_are_reused_corrupt_ones_recomputed_and_force_reruns(tmp_p
     res = run_cli(*args, '--force')
     assert res.returncode == 0 and 'baseline: computing (forced)' in res.stdout, res.stdout
     assert json.loads(metrics.read_text())['config']['epochs'] == 2 and not leftovers(out)
+
+
+def test_paper_preset_without_the_real_datasets_names_every_missing_folder_before_any_run(tmp_path):
+    import os
+    out, env = tmp_path/'reports', dict(os.environ, REID_NB_DATA=str(tmp_path/'data'))
+    res = subprocess.run([REID_NB, 'reproduce', '--preset', 'paper', '--out', str(out)], capture_output=True, text=True,
+                         timeout=300, env=env)
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert "3 dataset folder(s) that preset 'paper' needs are missing; nothing was run" in res.stderr, res.stderr
+    for name in ('market1501', 'dukemtmcreid', 'cuhk03'): assert str(tmp_path/'data'/name) in res.stderr, name
+    assert not out.exists()

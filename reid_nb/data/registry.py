@@ -8,13 +8,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from ..core import check_choice, data_dir
-from .market import ReIDDataset, Record, read_market1501, PUBLISHED_COUNTS, _shown
-from .duke import read_dukemtmcreid
-from .cuhk03 import read_cuhk03, CUHK03_DEFAULT
+from .market import ReIDDataset, Record, read_market1501, PUBLISHED_COUNTS, _shown, _check_layout
+from .duke import read_dukemtmcreid, DUKE_FOLDERS, DUKE_LAYOUT
+from .cuhk03 import read_cuhk03, CUHK03_DEFAULT, CUHK03_LAYOUT, find_cuhk03_mat
 
 # %% auto #0
 __all__ = ['REAL_DATASETS', 'SYNTHETIC_ANALOGS', 'DATASET_NAMES', 'DATASET_OPTIONS', 'synth_sizes', 'get_dataset',
-           'datasets_summary', 'published_summary', 'show_samples', 'check_images']
+           'dataset_folder_problem', 'datasets_summary', 'published_summary', 'show_samples', 'check_images']
 
 # %% ../../nbs/02d_data.registry.ipynb #5177eb47
 REAL_DATASETS = ('market1501', 'dukemtmcreid', 'cuhk03')
@@ -65,6 +65,21 @@ def get_dataset(name:str, root=None, progress:bool=True, **options) -> ReIDDatas
     ds = read_cuhk03(generate_synthreid_cuhk03(root, size=size, seed=seed, progress=progress, **overrides), name=name,
                      progress=progress, **options)
     return ds
+
+# %% ../../nbs/02d_data.registry.ipynb #45467cea
+def dataset_folder_problem(name:str, root=None) -> str|None:
+    "Why the real dataset `name` cannot be read from `root` (None: its default place), or None if its layout is there."
+    check_choice('dataset', name, DATASET_NAMES)
+    if name not in REAL_DATASETS: return None
+    try:
+        root = _real_root(name, root)
+        if name == 'market1501': _check_layout(root)
+        elif name == 'dukemtmcreid': _check_layout(root, tuple(DUKE_FOLDERS.values()), DUKE_LAYOUT)
+        elif not root.is_dir(): raise FileNotFoundError(f"Dataset folder {root} does not exist.\n{CUHK03_LAYOUT}")
+        elif find_cuhk03_mat(root) is None and not any(root.glob('cuhk03_new_protocol_config_*.mat')):
+            raise FileNotFoundError(f"Neither cuhk-03.mat nor a new-protocol config found in {root}.\n{CUHK03_LAYOUT}")
+    except FileNotFoundError as e: return str(e)
+    return None
 
 # %% ../../nbs/02d_data.registry.ipynb #76c04351
 def datasets_summary(datasets) -> pd.DataFrame:
