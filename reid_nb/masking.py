@@ -24,8 +24,8 @@ __all__ = ['ISSUES', 'D2_MASK_CONFIG', 'D2_KEYPOINT_CONFIG', 'D2_INSTALL', 'D2_W
            'detections_from_torchvision', 'detections_from_detectron2', 'combine_detections', 'native_size',
            'file_digest', 'state_dict_digest', 'Masker', 'paper_mra_models', 'TorchvisionMasker', 'import_detectron2',
            'detectron2_inputs', 'load_detectron2_weights', 'Detectron2Masker', 'GroundTruthMasker', 'mask_summary',
-           'show_mask_results', 'plt_subplots', 'light_mra_model', 'CocoPersons', 'finetune_mra', 'evaluate_mra',
-           'save_mra', 'load_mra', 'item_key', 'MaskStore', 'extract_masks']
+           'show_mask_results', 'plt_subplots', 'light_mra_model', 'CocoPersons', 'finetune_mra', 'score_masks',
+           'evaluate_mra', 'save_mra', 'load_mra', 'item_key', 'MaskStore', 'extract_masks']
 
 # %% ../nbs/02e_masking.ipynb #a731aec3
 ISSUES = ('no_person', 'several_persons', 'empty_mask', 'keypoints_outside', 'no_keypoints', 'keypoint_error')
@@ -567,25 +567,29 @@ def finetune_mra(model:nn.Module, dataset:torch.utils.data.Dataset, epochs:int=4
     model.eval()
     return hist
 
-def evaluate_mra(masker:Masker, paths:Sequence, batch_size:int=8, pck_alpha:float=0.1) -> dict:
-    "Mask IoU, keypoint pixel error and PCK@`pck_alpha` of `masker` against SynthReID ground truth on `paths`."
-    gt = GroundTruthMasker()
+def score_masks(pred, ref, pck_alpha:float=0.1) -> dict:
+    "Mask IoU, keypoint pixel error and PCK@`pck_alpha` of `MaskResult`s `pred` against ground-truth `ref` (same crops)."
     ious, dists, hits, n_kp, found = [], [], 0, 0, 0
-    for i in range(0, len(paths), batch_size):
-        ps = list(paths[i:i + batch_size])
-        pred, ref = masker([read_image(p) for p in ps], ps), gt(None, ps)
-        for p, r in zip(pred, ref):
-            if not r.found: continue
-            found += p.found
-            ious.append((p.mask & r.mask).sum()/max((p.mask | r.mask).sum(), 1))
-            vis = r.keypoints[:, 2] == 2
-            d = np.linalg.norm(p.keypoints[:, :2] - r.keypoints[:, :2], axis=1)
-            got = vis & (p.keypoints[:, 2] > 0)
-            dists.extend(d[got].tolist())
-            hits += int((d[got] <= pck_alpha*(r.box[3] - r.box[1])).sum()); n_kp += int(vis.sum())
+    for p, r in zip(pred, ref):
+        if not r.found: continue
+        found += p.found
+        ious.append((p.mask & r.mask).sum()/max((p.mask | r.mask).sum(), 1))
+        vis = r.keypoints[:, 2] == 2
+        d = np.linalg.norm(p.keypoints[:, :2] - r.keypoints[:, :2], axis=1)
+        got = vis & (p.keypoints[:, 2] > 0)
+        dists.extend(d[got].tolist())
+        hits += int((d[got] <= pck_alpha*(r.box[3] - r.box[1])).sum()); n_kp += int(vis.sum())
     return dict(images=len(ious), found_rate=found/max(len(ious), 1), mask_iou=float(np.mean(ious)) if ious else 0.0,
                 kp_error_px=float(np.mean(dists)) if dists else float('nan'), kp_reported=len(dists)/max(n_kp, 1),
                 pck=hits/max(n_kp, 1))
+
+def evaluate_mra(masker:Masker, paths:Sequence, batch_size:int=8, pck_alpha:float=0.1) -> dict:
+    "Mask IoU, keypoint pixel error and PCK@`pck_alpha` of `masker` against SynthReID ground truth on `paths` (`score_masks`)."
+    gt, pred, ref = GroundTruthMasker(), [], []
+    for i in range(0, len(paths), batch_size):
+        ps = list(paths[i:i + batch_size])
+        pred += masker([read_image(p) for p in ps], ps); ref += gt(None, ps)
+    return score_masks(pred, ref, pck_alpha)
 
 # %% ../nbs/02e_masking.ipynb #eb1a0dc8
 def save_mra(model:nn.Module, path) -> Path:
