@@ -26,6 +26,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument('--set', nargs='*', default=[], metavar='FIELD=VALUE', dest='overrides',
                    help='override ExperimentConfig fields for every run, e.g. --set epochs=3 data_root=/data/market')
     r.add_argument('--quiet', action='store_true', help='no progress output')
+    r.add_argument('--seeds', type=int, default=1, metavar='N', help='train every run with N seeds (0…N−1); tables add mean ± sd over seeds')
     r.add_argument('--dry-run', action='store_true', help='list the runs, the tables each feeds, reused or to compute, and their cost; run nothing')
     r.add_argument('--force', action='store_true', help='recompute every run (from scratch), even those finished earlier with the same configuration')
     s = sub.add_parser('synth', help='generate the SynthReID dataset in the Market-1501 layout')
@@ -82,7 +83,7 @@ def main(argv:list[str]|None=None) -> int:
             from reid_nb.reports import reproduce
             tables = [t.strip() for t in args.tables.split(',') if t.strip()] if args.tables else None
             index = reproduce(args.preset, args.out, only=args.only, overrides=parse_overrides(args.overrides),
-                              progress=not args.quiet, tables=tables, force=args.force, dry=args.dry_run)
+                              progress=not args.quiet, tables=tables, force=args.force, dry=args.dry_run, seeds=args.seeds)
             if args.dry_run:
                 todo = index['status'].str.startswith('compute')
                 print(index.to_string(index=False))

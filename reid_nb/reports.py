@@ -14,7 +14,7 @@ from .pretrain import standin_budget, standin_weights
 
 # %% auto #0
 __all__ = ['notebooks_dir', 'render_html', 'RunFailed', 'execute_run', 'results_table', 'write_index', 'runs_for', 'plan_runs',
-           'cached_record', 'dry_run', 'check_data', 'reproduce']
+           'cached_record', 'dry_run', 'seed_replicates', 'check_data', 'reproduce']
 
 # %% ../nbs/09_reports.ipynb #6e011629
 def notebooks_dir() -> Path:
@@ -192,11 +192,19 @@ def dry_run(preset:str, runs, out) -> pd.DataFrame:
         cfg = validate_config(get_preset(preset, **o)); rec, why = cached_record(Path(out)/'runs'/name, cfg.to_dict(), preset)
         from reid_nb.recipe import build_stages
         epochs = sum(s.epochs or cfg.epochs for s in build_stages(cfg))
-        rows.append(dict(run=name, method=cfg.method, dataset=cfg.dataset, feeds=', '.join(_feeds(name)) or '—',
+        rows.append(dict(run=name, method=cfg.method, dataset=cfg.dataset, feeds=', '.join(_feeds(name.split('~seed')[0])) or '—',
                          epochs=epochs, input=f'{cfg.height}×{cfg.width}', starts_from=str(cfg.pretrained),
                          status='reuse' if rec else f'compute ({why})',
                          measured_s=round(sum(rec.timings.values())) if rec else None))
     return pd.DataFrame(rows)
+
+def seed_replicates(preset:str, only, overrides:dict, ckpt_root, seeds:int) -> list:
+    "The extra planned runs of `--seeds N`: every run again with training seeds 1…N−1, named `run~seedk` (reused stages of the same seed)."
+    from reid_nb.tables import seed_name
+    if not isinstance(seeds, int) or seeds < 1: raise ValueError(f"seeds must be a positive integer (1: one training per run), got {seeds!r}.")
+    if seeds > 1 and 'seed' in overrides: raise ValueError("--seeds N sets each replicate's training seed; drop 'seed' from the overrides.")
+    return [(seed_name(n, k), {**o, 'name': seed_name(n, k)}, c) for k in range(1, seeds)
+            for n, o, c in plan_runs(preset, only, {**overrides, 'seed': k}, ckpt_root)]
 
 def check_data(preset:str, runs):
     "One error, before any run starts, naming every dataset folder the planned `runs` need that is missing or incomplete."
@@ -209,13 +217,14 @@ def check_data(preset:str, runs):
                                 "the SynthReID analogs.")
 
 def reproduce(preset:str='smoke', out='reports', only:list[str]|None=None, overrides:dict|None=None,
-              progress:bool=True, tables:list[str]|None=None, force:bool=False, dry:bool=False) -> Path|pd.DataFrame:
+              progress:bool=True, tables:list[str]|None=None, force:bool=False, dry:bool=False, seeds:int=1) -> Path|pd.DataFrame:
     "Run every experiment of `preset` (or those `tables` need; with config `overrides`) through papermill into `out`; return `index.html`."
     check_choice('preset', preset, PRESETS)
     only = runs_for(preset, tables, only)
     overrides = overrides or {}
     if 'name' in overrides: raise ValueError("Runs are named by the preset (see experiments_for); drop 'name' from the overrides.")
     out = Path(out); runs = plan_runs(preset, only, overrides, out/'checkpoints')
+    runs += seed_replicates(preset, only, overrides, out/'checkpoints', seeds)
     check_data(preset, runs)
     if dry: return dry_run(preset, runs, out)
     for backbone, budget in dict.fromkeys((c.backbone, standin_budget(c.pretrained)) for c in (get_preset(preset, **o) for _, o, _ in runs)):

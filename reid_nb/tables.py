@@ -5,6 +5,7 @@
 # %% ../nbs/08c_tables.ipynb #cf098f61
 from __future__ import annotations
 import copy, html, json
+import numpy as np
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -15,10 +16,10 @@ from .experiment import RunRecord, protocol_name
 from .pretrain import weights_note
 
 # %% auto #0
-__all__ = ['TABLE_IDS', 'METRIC_LABELS', 'MAIN', 'MAIN_RERANKED', 'ROW_SOURCES', 'FOOTNOTES', 'TITLES', 'paper_tables',
-           'paper_table', 'ColumnSource', 'column_source', 'RowSource', 'row_runs', 'runs_for_tables', 'tables_for_run',
-           'evaluation_name', 'build_tables', 'table_frame', 'table_file_name', 'table_page_html', 'write_table_pages',
-           'tables_index_html']
+__all__ = ['TABLE_IDS', 'METRIC_LABELS', 'MAIN', 'MAIN_RERANKED', 'ROW_SOURCES', 'FOOTNOTES', 'SEED_SEP', 'TITLES',
+           'paper_tables', 'paper_table', 'ColumnSource', 'column_source', 'RowSource', 'row_runs', 'runs_for_tables',
+           'tables_for_run', 'evaluation_name', 'seed_name', 'build_tables', 'table_frame', 'table_file_name',
+           'table_page_html', 'write_table_pages', 'tables_index_html']
 
 # %% ../nbs/08c_tables.ipynb #be8b7a08
 @cache
@@ -172,6 +173,23 @@ def _records_by_name(records, preset:str) -> dict:
         out[r.name] = r
     return out
 
+SEED_SEP = '~seed'   # run `x` trained with seed k ≥ 1 (reid_nb reproduce --seeds N) is named `x~seedk`; seed 0 keeps the plain name
+
+def seed_name(run:str, seed:int) -> str:
+    "The name of run `run`'s replicate with training seed index `seed` (0: the run itself)."
+    return run if seed == 0 else f'{run}{SEED_SEP}{seed}'
+
+def _seed_spread(table_id:str, row:str, records:dict) -> dict:
+    "Per column, mean and sd (percent) of a reproduced `row` over its seed replicates, where there are at least two."
+    values, k = {}, 0
+    while True:
+        recs = {n: records[seed_name(n, k)] for n in records if SEED_SEP not in n and seed_name(n, k) in records}
+        if not recs: break
+        for col, v in _measure(table_id, row, recs)[0].items():
+            if isinstance(v, float): values.setdefault(col, []).append(v)
+        k += 1
+    return {c: dict(n=len(v), mean=float(np.mean(v)), sd=float(np.std(v, ddof=1))) for c, v in values.items() if len(v) > 1}
+
 def _measure(table_id:str, row:str, records:dict) -> tuple[dict, dict, dict, list]:
     "Measured values, intervals, runs per column and dataset names of a reproduced `row`."
     columns = paper_table(table_id)['columns']
@@ -260,7 +278,7 @@ def build_tables(records, preset:str, table_ids=None) -> dict:
             if row['ours']:
                 measured, ci95, runs, datasets = _measure(tid, name, by_name)
                 row.update(measured=measured, ci95=ci95, runs=runs, run=next(iter(runs.values()), None),
-                           dataset=', '.join(datasets) or None)
+                           dataset=', '.join(datasets) or None, seeds=_seed_spread(tid, name, by_name))
                 all_datasets += datasets; starts += [by_name[r].config.get('pretrained') for r in runs.values()]
             rows.append(row)
         tables[tid] = dict(title=f"{tid.split('/')[0]} {TITLES[tid]}", columns=t['columns'], rows=rows,
@@ -290,11 +308,15 @@ def _fmt_ours(v, iv=None) -> str:
     if isinstance(v, str) or isinstance(v, int): return str(v)
     return f'{v:.1f}' + ('' if iv is None else f' [{iv[0]:.1f}, {iv[1]:.1f}]')
 
+def _seeds_text(row:dict, col:str) -> str:
+    s = (row.get('seeds') or {}).get(col)
+    return '' if s is None else f" · {s['mean']:.1f} ± {s['sd']:.1f} over {s['n']} seeds"
+
 def _ours_cell(row:dict, col:str) -> str:
-    "Our number (with interval) in a column, 'not run' when the column's run is missing, '—' when it has none."
+    "Our number (with interval, and mean ± sd over seeds where repeated) in a column, 'not run' when its run is missing."
     v = row['measured'][col]
     if v is None and col not in row['runs'] and column_source(col).tag is not None: return 'not run'
-    return _fmt_ours(v, row['ci95'].get(col))
+    return _fmt_ours(v, row['ci95'].get(col)) + _seeds_text(row, col)
 
 def table_frame(table:dict) -> pd.DataFrame:
     "A built table for display: the paper's numbers per row, and ours (with 95 % intervals) under each reproduced row."
@@ -350,7 +372,9 @@ def _ours_html(row:dict, col:str) -> str:
         return '<td class="notrun" title="run not in this preset">not run</td>'
     if v is None or isinstance(v, (str, int)): return f'<td>{e(_fmt_ours(v))}</td>'
     ci = '' if iv is None else f'<span class="ci">[{iv[0]:.1f}, {iv[1]:.1f}]</span>'
-    return f'<td title="{e(row["runs"].get(col, ""))}">{v:.1f}{ci}</td>'
+    s = (row.get('seeds') or {}).get(col)
+    sd = '' if s is None else f'<span class="ci">{s["mean"]:.1f} ± {s["sd"]:.1f} ({s["n"]} seeds)</span>'
+    return f'<td title="{e(row["runs"].get(col, ""))}">{v:.1f}{ci}{sd}</td>'
 
 def table_page_html(table_id:str, table:dict) -> str:
     "A self-contained HTML page for one built table."

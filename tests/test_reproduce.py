@@ -169,3 +169,16 @@ def test_paper_preset_without_the_real_datasets_names_every_missing_folder_befor
     assert "3 dataset folder(s) that preset 'paper' needs are missing; nothing was run" in res.stderr, res.stderr
     for name in ('market1501', 'dukemtmcreid', 'cuhk03'): assert str(tmp_path/'data'/name) in res.stderr, name
     assert not out.exists()
+
+
+def test_seeds_repeat_every_run_with_its_own_training_seed(tmp_path):
+    out = tmp_path/'reports'
+    res = run_cli('reproduce', '--preset', 'smoke', '--out', str(out), '--only', 'baseline', '--seeds', '2',
+                  '--set', 'epochs=1', 'rerank=false')
+    assert res.returncode == 0 and '[2/2] baseline~seed1: computing' in res.stdout, res.stdout[-3000:] + res.stderr[-3000:]
+    recs = {n: json.loads((out/'runs'/n/'metrics.json').read_text()) for n in ('baseline', 'baseline~seed1')}
+    assert recs['baseline']['config']['seed'] == 0 and recs['baseline~seed1']['config']['seed'] == 1
+    assert recs['baseline']['config']['data_seed'] == recs['baseline~seed1']['config']['data_seed']   # same data, another training
+    assert {r['run'] for r in json.loads((out/'results.json').read_text())['runs']} == {'baseline', 'baseline~seed1'}
+    bad = run_cli('reproduce', '--preset', 'smoke', '--seeds', '2', '--set', 'seed=3')
+    assert bad.returncode == 2 and "drop 'seed'" in bad.stderr, bad.stderr
