@@ -30,7 +30,7 @@ class _FeatureDistances:
         it = range(0, N, chunk_size)
         for s in progress_bar(it, leave=False) if progress else it:
             e = min(N, s + chunk_size)
-            d = euclidean_distance(x[s:e], x[s:], squared=True, dtype=x.dtype)     # (e-s, N-s)
+            d = (self.sq[s:e, None] + self.sq[None, s:]).addmm_(x[s:e], x[s:].T, alpha=-2).clamp_(min=0)  # (e-s, N-s), in place
             if s < Q: self.qg[s:min(e, Q)] = d[:min(e, Q) - s, Q - s:]
             mx[s:e] = torch.maximum(mx[s:e], d.amax(1))                            # rows s:e, columns s:
             mx[s:] = torch.maximum(mx[s:], d.amax(0))                              # the transposed block
@@ -47,7 +47,7 @@ class _FeatureDistances:
         qg, self.qg = self.qg, None
         return qg.float()
     def pairs(self, i, j):
-        step = max(1, 2**23 // self.x.shape[1])  # bounds the gathered (step, D) blocks
+        step = max(1, 2**21 // self.x.shape[1])  # bounds the gathered (step, D) blocks (8 MB)
         return torch.cat([(self.sq[a] + self.sq[b] - 2 * (self.x[a] * self.x[b]).sum(1)).clamp_(min=0)
                           for a, b in zip(i.split(step), j.split(step))]) if len(i) else self.sq[:0]
 
@@ -81,7 +81,7 @@ class _MatrixDistances:
         return out
     def rank_row(self, i): return torch.cat([p for _, p in self.pieces(i, i + 1)[0]], 1)[0]
     def rows(self, s, e): return torch.cat([torch.cat([p for _, p in ps], 1) for ps in self.pieces(s, e)]) ** 2
-    def query_gallery(self): return self.q_g.float() ** 2
+    def query_gallery(self): return torch.mul(self.q_g, self.q_g).float()
     def pairs(self, i, j):  # the reference's entry (i, j) is D[j, i]
         Q = self.Q
         d = torch.empty(len(i), dtype=self.q_g.dtype, device=self.q_g.device)
@@ -132,21 +132,25 @@ def _reciprocal(nn, k:int):
     ar = torch.arange(len(nn), device=nn.device)
     return (fwd[fwd] == ar[:, None, None]).any(-1)
 
-def _expanded_sets(nn, k1:int):
+def _expanded_sets(nn, k1:int, chunk_size:int=2048):
     "R*(i) of every i as a coordinate list (rows, cols), sorted by row then column."
     N = len(nn)
     kh = int(round(k1 / 2))
     fwd, recip = nn[:, :k1 + 1], _reciprocal(nn, k1)
     fwd_h, recip_h = nn[:, :kh + 1], _reciprocal(nn, kh)
-    ar = torch.arange(N, device=nn.device)
-    R = (ar[:, None] * N + fwd)[recip]                            # j ∈ R(i, k1) as keys i·N + j
-    Rs = R.sort().values
-    C, Cm = fwd_h[fwd], recip_h[fwd]                              # candidates' R(j, k1/2): (N, k1+1, kh+1)
-    key = ar[:, None, None] * N + C                               # (i, member of R(j, k1/2))
-    inR = Rs[torch.searchsorted(Rs, key).clamp_(max=len(Rs) - 1)] == key
-    inter = (inR & Cm).sum(-1)
-    accept = recip & (inter.double() > 2. / 3 * Cm.sum(-1).double())  # the reference's float test, exactly
-    keys = torch.unique(torch.cat([R, key[accept[..., None] & Cm]]))  # sorted, duplicates gone
+    out = []
+    for s in range(0, N, chunk_size):                             # rows s:e; every test below stays within a row
+        f, r = fwd[s:s + chunk_size], recip[s:s + chunk_size]
+        base = torch.arange(s, s + len(f), device=nn.device)[:, None] * N
+        R = (base + f)[r]                                         # j ∈ R(i, k1) as keys i·N + j
+        Rs = R.sort().values
+        C, Cm = fwd_h[f], recip_h[f]                              # candidates' R(j, k1/2): (c, k1+1, kh+1)
+        key = base[..., None] + C                                 # (i, member of R(j, k1/2))
+        inR = Rs[torch.searchsorted(Rs, key).clamp_(max=len(Rs) - 1)] == key
+        inter = (inR & Cm).sum(-1)
+        accept = r & (inter.double() > 2. / 3 * Cm.sum(-1).double())  # the reference's float test, exactly
+        out.append(torch.unique(torch.cat([R, key[accept[..., None] & Cm]])))  # sorted, duplicates gone
+    keys = torch.cat(out)
     return torch.div(keys, N, rounding_mode='floor'), keys % N
 
 # %% ../nbs/06b_reranking.ipynb #68854111
@@ -161,36 +165,36 @@ def _segments(rows, n:int):
     cnt = torch.bincount(rows, minlength=n)
     return cnt.cumsum(0) - cnt, cnt
 
-def _expand_rows(sel, rows, cols, vals, n:int):
-    "Entries of the rows `sel` (m,) of a row-sorted list, as (position in sel, col, val)."
-    start, cnt = _segments(rows, n)
+def _expand_rows(sel, rows, cols, vals, n:int, seg=None):
+    "Entries of the rows `sel` (m,) of a row-sorted list, as (position in sel, col, val); `seg`: its `_segments`, if known."
+    start, cnt = seg or _segments(rows, n)
     c = cnt[sel]
     owner = torch.repeat_interleave(torch.arange(len(sel), device=sel.device), c)
-    offs = torch.arange(int(c.sum()), device=sel.device) - torch.repeat_interleave(c.cumsum(0) - c, c)
-    src = start[sel][owner] + offs
+    src = torch.repeat_interleave(start[sel] - (c.cumsum(0) - c), c) + torch.arange(int(c.sum()), device=sel.device)
     return owner, cols[src], vals[src]
 
-def _query_expansion(nn, k2:int, rows, cols, vals):
+def _query_expansion(nn, k2:int, rows, cols, vals, chunk_size:int=2048):
     "V[i] ← mean of V over i's k2 nearest neighbours (all N when N < k2, as the reference), as a row-sorted coordinate list."
     N = len(nn)
     if nn.shape[1] < min(k2, N): raise ValueError(f"Query expansion needs {min(k2, N)} neighbours per row, found {nn.shape[1]}.")
     sel = nn[:, :k2]
     m = sel.shape[1]                                   # min(k2, N): the reference's initial_rank[i, :k2]
-    owner, c, v = _expand_rows(sel.reshape(-1), rows, cols, vals, N)
-    key = torch.div(owner, m, rounding_mode='floor') * N + c
-    key, inv = torch.unique(key, return_inverse=True)  # sorted: rows in order
-    v = torch.zeros(len(key), dtype=vals.dtype, device=vals.device).index_add_(0, inv, v) / m
+    seg, out = _segments(rows, N), []
+    for s in range(0, N, chunk_size):                  # rows s:e, in order: the keys stay sorted
+        owner, c, v = _expand_rows(sel[s:s + chunk_size].reshape(-1), rows, cols, vals, N, seg)
+        key = (torch.div(owner, m, rounding_mode='floor') + s) * N + c
+        key, inv = torch.unique(key, return_inverse=True)
+        out.append((key, torch.zeros(len(key), dtype=vals.dtype, device=vals.device).index_add_(0, inv, v) / m))
+    key, v = torch.cat([k for k, _ in out]), torch.cat([v for _, v in out])
     return torch.div(key, N, rounding_mode='floor'), key % N, v
 
 # %% ../nbs/06b_reranking.ipynb #247561a3
-def _jaccard_pairs(qs, rows, cols, vals, inv_start, inv_cnt, inv_rows, inv_vals, Q:int, G:int):
+def _jaccard_pairs(qs, rows, cols, vals, inv_start, inv_cnt, inv_pos, inv_vals, G:int, seg=None):
     "min(V[i,k], V[j,k]) for every query i in `qs`, column k of V[i] and gallery j in column k of the inverted index, as (position i'·G + j − Q in a (len(qs), G) block, min)."
-    owner, k, v = _expand_rows(qs, rows, cols, vals, Q + G)  # the queries' entries
+    owner, k, v = _expand_rows(qs, rows, cols, vals, len(inv_cnt), seg)  # the queries' entries
     c = inv_cnt[k]
-    pair_owner = torch.repeat_interleave(owner, c)
-    offs = torch.arange(int(c.sum()), device=qs.device) - torch.repeat_interleave(c.cumsum(0) - c, c)
-    src = torch.repeat_interleave(inv_start[k], c) + offs
-    return pair_owner * G + inv_rows[src] - Q, torch.minimum(torch.repeat_interleave(v, c), inv_vals[src])
+    src = torch.repeat_interleave(inv_start[k] - (c.cumsum(0) - c), c) + torch.arange(int(c.sum()), device=qs.device)
+    return torch.repeat_interleave(owner * G, c) + inv_pos[src], torch.minimum(torch.repeat_interleave(v, c), inv_vals[src])
 
 def _blend_block(out, pos, m, buf, lambda_value:float):
     "out (rows, G) holds λ·d/max + (1 − λ); subtract (1 − λ)·t/(2 − t) where t = Σ min > 0, i.e. d_J = 1 − t/(2 − t) instead of 1."
@@ -207,7 +211,7 @@ def _re_ranking(dist, Q:int, k1:int, k2:int, lambda_value:float, chunk_size:int|
     for name, v, lo in [('k1', k1, 1), ('k2', k2, 1)]:
         if not isinstance(v, int) or v < lo: raise ValueError(f"{name} must be a positive int, found {v!r}.")
     if not 0 <= lambda_value <= 1: raise ValueError(f"lambda_value must lie in [0, 1], found {lambda_value}.")
-    chunk_size = chunk_size or max(1, 2**24 // N)
+    chunk_size = chunk_size or max(1, 2**22 // N)  # rows per block: blocks of 16 MB
     nn, rowmax = _neighbours(dist, max(k1 + 1, k2), chunk_size, progress)  # k1+1 for R(i, k1), k2 for expansion
     rowmax = rowmax.clamp(min=torch.finfo(rowmax.dtype).tiny)
     rows, cols, vals = _encode(dist, *_expanded_sets(nn, k1), rowmax)
@@ -215,18 +219,19 @@ def _re_ranking(dist, Q:int, k1:int, k2:int, lambda_value:float, chunk_size:int|
     vals = vals.float()                                       # V in float32, as the reference
     g = rows >= Q                                            # inverted index over gallery rows
     order = torch.sort(cols[g], stable=True).indices
-    inv_rows, inv_vals = rows[g][order], vals[g][order]
+    inv_pos, inv_vals = rows[g][order] - Q, vals[g][order]  # gallery rows as columns of the result
     inv_start, inv_cnt = _segments(cols[g][order], N)
     out = dist.query_gallery()                               # squared d (Q, G), float32: becomes the result
-    scale = (lambda_value / rowmax[:Q]).float()[:, None]
-    per_query = int((_segments(rows, N)[1][:Q].double().mean() * inv_cnt.double().mean()).ceil()) + 1
-    step = max(1, min(2**22 // per_query, 2**23 // G))  # bounds the pair list and the (step, G) buffer
+    scale = (lambda_value / rowmax[:Q]).float()[:, None]  # λ/max_i, multiplied into the squared d
+    seg = _segments(rows, N)
+    per_query = int((seg[1][:Q].double().mean() * inv_cnt.double().mean()).ceil()) + 1
+    step = max(1, min(2**19 // per_query, 2**22 // G))  # bounds the pair list (~20 MB) and the (step, G) buffer (16 MB)
     buf = torch.zeros(min(step, Q) * G, dtype=torch.float32, device=out.device)
     it = range(0, Q, step)
     for s in progress_bar(it, leave=False) if progress else it:
         e = min(Q, s + step)
         out[s:e].mul_(scale[s:e]).add_(1 - lambda_value)
-        pos, m = _jaccard_pairs(torch.arange(s, e, device=out.device), rows, cols, vals, inv_start, inv_cnt, inv_rows, inv_vals, Q, G)
+        pos, m = _jaccard_pairs(torch.arange(s, e, device=out.device), rows, cols, vals, inv_start, inv_cnt, inv_pos, inv_vals, G, seg)
         _blend_block(out[s:e], pos, m, buf, lambda_value)
     return out
 
