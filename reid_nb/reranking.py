@@ -16,6 +16,7 @@ __all__ = ['re_ranking', 're_ranking_distances']
 # %% ../nbs/06b_reranking.ipynb #2ccb1302
 class _FeatureDistances:
     "Squared Euclidean distances among the rows of `feats` (N, D), first Q rows queries: chunks of rows and single entries."
+    block = 2**22  # entries per block of rows: computed blocks of 16 MB keep the peak memory low
     def __init__(self, feats, Q): self.x, self.Q, self.sq, self.qg = feats, Q, (feats * feats).sum(1), None
     def __len__(self): return len(self.x)
     def rank_row(self, i): return euclidean_distance(self.x[i:i + 1], self.x, squared=True, dtype=self.x.dtype)[0]
@@ -36,9 +37,7 @@ class _FeatureDistances:
             mx[s:] = torch.maximum(mx[s:], d.amax(0))                              # the transposed block
             top = torch.topk(d, min(k, d.shape[1]), dim=1, largest=False, sorted=True)
             vals[s:e], idx[s:e] = _merge_topk(vals[s:e], idx[s:e], top.values, top.indices + s, k)
-            if e < N and s >= k:                                                  # columns e: get rows s:e ...
-                _merge_below(vals[e:], idx[e:], d[:, e - s:], s, k)                 # ... that beat their k-th
-            elif e < N:
+            if e < N:                                                             # columns e: get rows s:e
                 tt = torch.topk(d[:, e - s:], min(k, e - s), dim=0, largest=False, sorted=True)
                 vals[e:], idx[e:] = _merge_topk(vals[e:], idx[e:], tt.values.T, tt.indices.T + s, k)
             del d
@@ -53,52 +52,37 @@ class _FeatureDistances:
         return torch.cat([(self.sq[a] + self.sq[b] - 2 * (self.x[a] * self.x[b]).sum(1)).clamp_(min=0)
                           for a, b in zip(i.split(step), j.split(step))]) if len(i) else self.sq[:0]
 
-def _merge_below(vals, idx, block, first:int, k:int):
-    "Merge into the k-lists (n, k) of n columns, in place, the entries of `block` (c, n) below each column's k-th value (rows first + r)."
-    r, j = (block < vals[:, -1]).nonzero(as_tuple=True)  # few: the k-th values are already small
-    if not len(j): return
-    order = torch.sort(j, stable=True).indices
-    r, j = r[order], j[order]
-    u, cnt = torch.unique_consecutive(j, return_counts=True)
-    slot = torch.arange(len(j), device=j.device) - torch.repeat_interleave(cnt.cumsum(0) - cnt, cnt)
-    col = torch.repeat_interleave(torch.arange(len(u), device=j.device), cnt)
-    pv = torch.full((len(u), int(cnt.max())), math.inf, dtype=vals.dtype, device=vals.device)
-    pi = torch.zeros(pv.shape, dtype=idx.dtype, device=idx.device)
-    pv[col, slot], pi[col, slot] = block[r, j], r + first
-    vals[u], idx[u] = _merge_topk(vals[u], idx[u], pv, pi, k)
+def _is_symmetric(m, chunk:int=1024):
+    "Whether the square matrix `m` equals its transpose, a block of rows at a time (fast transposed copies)."
+    n = len(m)
+    if m.is_cuda: return bool(torch.equal(m, m.T))
+    buf = torch.empty(n, min(chunk, n), dtype=m.dtype)
+    for s in range(0, n, chunk):
+        e = min(n, s + chunk)
+        b = buf[:, :e - s]
+        b.copy_(m[s:e].T) if e - s == buf.shape[1] else b.copy_(m[s:e].T.contiguous())
+        if not torch.equal(b[s:], m[s:, s:e]): return False  # columns s:e from row s down
+    return True
 
 class _MatrixDistances:
     "Distances from the Euclidean blocks q_g (Q, G), q_q (Q, Q), g_g (G, G), as the reference assembles them (squared)."
-    def __init__(self, q_g, q_q, g_g): self.q_g, self.q_q, self.g_g, self.Q = q_g, q_q, g_g, len(q_q)
+    block = 2**25  # entries per block of rows: views, not copies, so large blocks (fewer, longer topk calls) cost no memory
+    def __init__(self, q_g, q_q, g_g): self.q_g, self.q_q, self.g_g, self.Q, self._cols = q_g, q_q, g_g, len(q_q), None
     def __len__(self): return self.Q + len(self.g_g)
-    def neighbours(self, k, chunk_size, progress):
-        "The k smallest (unsquared: the same order) and the squared maximum of every row of the reference, i.e. of every column of [[q_q, q_g], [q_g.T, g_g]]."
-        Q, G, (q_q, q_g, g_g) = self.Q, len(self.g_g), (self.q_q, self.q_g, self.g_g)
-        k = min(k, Q + G)
-        vals = torch.full((Q + G, k), math.inf, dtype=q_g.dtype, device=q_g.device)
-        idx = torch.zeros((Q + G, k), dtype=torch.int64, device=q_g.device)
-        mx = torch.full((Q + G,), -math.inf, dtype=q_g.dtype, device=q_g.device)
-        qqT = q_q.T.contiguous()                       # small: Q × Q
-        for s in range(0, Q, chunk_size):              # query rows: columns of q_q, rows of q_g
-            e = min(Q, s + chunk_size)
-            for o, p in [(0, qqT[s:e]), (Q, q_g[s:e])]:
-                t = torch.topk(p, min(k, p.shape[1]), dim=1, largest=False, sorted=True)
-                vals[s:e], idx[s:e] = _merge_topk(vals[s:e], idx[s:e], t.values, t.indices + o, k)
-                mx[s:e] = torch.maximum(mx[s:e], p.amax(1))
-        gv, gi, gm = vals[Q:], idx[Q:], mx[Q:]           # gallery rows: columns of q_g, then of g_g, read by rows
-        blocks = [(o + s, m[s:s + chunk_size]) for o, m in [(0, q_g), (Q, g_g)] for s in range(0, len(m), chunk_size)]
-        for first, b in progress_bar(blocks, leave=False) if progress else blocks:
-            torch.maximum(gm, b.amax(0), out=gm)
-            if first >= k: _merge_below(gv, gi, b, first, k)  # entries below the columns' current k-th only
-            else:
-                t = torch.topk(b, min(k, len(b)), dim=0, largest=False, sorted=True)
-                gv[:], gi[:] = _merge_topk(gv, gi, t.values.T, t.indices.T + first, k)
-        return vals, idx, mx ** 2                       # squaring keeps the order
-    def rank_row(self, i):  # row i of the reference, unsquared
-        Q = self.Q
-        return torch.cat([self.q_q[:, i], self.q_g[i]]) if i < Q else torch.cat([self.q_g[:, i - Q], self.g_g[:, i - Q]])
-    def rows(self, s, e):  # rows s:e of the reference (squared): columns of the blocks; slow (strided), for checks
-        return torch.stack([self.rank_row(i) for i in range(s, e)]) ** 2
+    def columns(self):
+        "Row i of the reference is column i of [[q_q, q_g], [q_g.T, g_g]]: the transposed blocks, g_g's only if it is not symmetric."
+        if self._cols is None:
+            gT = self.g_g if _is_symmetric(self.g_g) else self.g_g.T.contiguous()
+            self._cols = self.q_q.T.contiguous(), self.q_g.T.contiguous(), gT
+        return self._cols
+    def pieces(self, s, e):
+        "Rows s:e of the reference (unsquared: the same order) as (first column, block) pieces, no copies."
+        Q, (qqT, qgT, gT), out = self.Q, self.columns(), []
+        if s < Q: out.append([(0, qqT[s:min(e, Q)]), (Q, self.q_g[s:min(e, Q)])])
+        if e > Q: out.append([(0, qgT[max(s, Q) - Q:e - Q]), (Q, gT[max(s, Q) - Q:e - Q])])
+        return out
+    def rank_row(self, i): return torch.cat([p for _, p in self.pieces(i, i + 1)[0]], 1)[0]
+    def rows(self, s, e): return torch.cat([torch.cat([p for _, p in ps], 1) for ps in self.pieces(s, e)]) ** 2
     def query_gallery(self): return torch.mul(self.q_g, self.q_g).float()
     def pairs(self, i, j):  # the reference's entry (i, j) is D[j, i]
         Q = self.Q
@@ -128,7 +112,19 @@ def _break_ties(vals, idx, row):
 def _neighbours(dist, k:int, chunk_size:int, progress:bool):
     "The k nearest neighbours (N, k) of every row (nearest first, ties to the smaller index) and every row's squared maximum (N,)."
     N = len(dist)
-    vals, idx, mx = dist.neighbours(min(k + 1, N), chunk_size, progress)  # one more: a tie at the k-th place shows
+    kk = min(k + 1, N)  # one more than needed: a tie at the k-th place shows as two equal values
+    if hasattr(dist, 'neighbours'): vals, idx, mx = dist.neighbours(kk, chunk_size, progress)
+    else:
+        vals, idx, mx = [], [], []
+        for s in progress_bar(range(0, N, chunk_size), leave=False) if progress else range(0, N, chunk_size):
+            for pieces in dist.pieces(s, min(N, s + chunk_size)):  # a row block as column pieces
+                tops = [torch.topk(p, min(kk, p.shape[1]), dim=1, largest=False, sorted=True) for _, p in pieces]
+                v = torch.cat([t.values for t in tops], 1)
+                j = torch.cat([t.indices + o for (o, _), t in zip(pieces, tops)], 1)
+                top = torch.topk(v, kk, dim=1, largest=False, sorted=True)
+                vals.append(top.values); idx.append(j.gather(1, top.indices))
+                mx.append(torch.stack([p.amax(1) for _, p in pieces], 1).amax(1))
+        vals, idx, mx = torch.cat(vals), torch.cat(idx), torch.cat(mx) ** 2  # squaring keeps the order
     return _break_ties(vals, idx, dist.rank_row)[:, :min(k, N)], mx
 
 # %% ../nbs/06b_reranking.ipynb #3af335c7
@@ -217,7 +213,7 @@ def _re_ranking(dist, Q:int, k1:int, k2:int, lambda_value:float, chunk_size:int|
     for name, v, lo in [('k1', k1, 1), ('k2', k2, 1)]:
         if not isinstance(v, int) or v < lo: raise ValueError(f"{name} must be a positive int, found {v!r}.")
     if not 0 <= lambda_value <= 1: raise ValueError(f"lambda_value must lie in [0, 1], found {lambda_value}.")
-    chunk_size = chunk_size or max(1, 2**22 // N)  # rows per block: blocks of 16 MB
+    chunk_size = chunk_size or max(1, dist.block // N)  # rows per block
     nn, rowmax = _neighbours(dist, max(k1 + 1, k2), chunk_size, progress)  # k1+1 for R(i, k1), k2 for expansion
     rowmax = rowmax.clamp(min=torch.finfo(rowmax.dtype).tiny)
     rows, cols, vals = _encode(dist, *_expanded_sets(nn, k1), rowmax)
