@@ -132,7 +132,7 @@ def _reciprocal(nn, k:int):
     "Mask (N, k+1): whether nn[i, a] has i among its own k+1 nearest neighbours."
     fwd = nn[:, :k + 1]
     ar = torch.arange(len(nn), device=nn.device)
-    return (fwd[fwd] == ar[:, None, None]).any(-1)
+    return (fwd.index_select(0, fwd.flatten()).view(*fwd.shape, -1) == ar[:, None, None]).any(-1)
 
 def _expanded_sets(nn, k1:int, chunk_size:int=2048):
     "R*(i) of every i as a coordinate list (rows, cols), sorted by row then column."
@@ -146,9 +146,10 @@ def _expanded_sets(nn, k1:int, chunk_size:int=2048):
         base = torch.arange(s, s + len(f), device=nn.device)[:, None] * N
         R = (base + f)[r]                                         # j ∈ R(i, k1) as keys i·N + j
         Rs = R.sort().values
-        C, Cm = fwd_h[f], recip_h[f]                              # candidates' R(j, k1/2): (c, k1+1, kh+1)
+        C, Cm = [t.index_select(0, f.flatten()).view(*f.shape, -1) for t in (fwd_h, recip_h)]  # candidates' R(j, k1/2): (c, k1+1, kh+1)
         key = base[..., None] + C                                 # (i, member of R(j, k1/2))
-        inR = Rs[torch.searchsorted(Rs, key).clamp_(max=len(Rs) - 1)] == key if len(Rs) else torch.zeros_like(key, dtype=torch.bool)
+        inR = (Rs.index_select(0, torch.searchsorted(Rs, key).clamp_(max=len(Rs) - 1).flatten()).view_as(key) == key if len(Rs)
+               else torch.zeros_like(key, dtype=torch.bool))
         inter = (inR & Cm).sum(-1)
         accept = r & (inter.double() > 2. / 3 * Cm.sum(-1).double())  # the reference's float test, exactly
         out.append(torch.unique(torch.cat([R, key[accept[..., None] & Cm]])))  # sorted, duplicates gone
@@ -158,9 +159,9 @@ def _expanded_sets(nn, k1:int, chunk_size:int=2048):
 # %% ../nbs/06b_reranking.ipynb #68854111
 def _encode(dist, rows, cols, rowmax):
     "V as (rows, cols, vals), rows sorted: exp(-d(i, j)/max_i) over R*(i), normalised per row."
-    w = torch.exp(-(dist.pairs(rows, cols) / rowmax[rows]).double())
+    w = torch.exp(-(dist.pairs(rows, cols) / rowmax.index_select(0, rows)).double())
     total = torch.zeros(len(rowmax), dtype=torch.float64, device=rows.device).index_add_(0, rows, w)
-    return rows, cols, w / total[rows]
+    return rows, cols, w / total.index_select(0, rows)
 
 def _segments(rows, n:int):
     "Start offset and length of each row's entries in a row-sorted coordinate list."
@@ -170,10 +171,10 @@ def _segments(rows, n:int):
 def _expand_rows(sel, rows, cols, vals, n:int, seg=None):
     "Entries of the rows `sel` (m,) of a row-sorted list, as (position in sel, col, val); `seg`: its `_segments`, if known."
     start, cnt = seg or _segments(rows, n)
-    c = cnt[sel]
+    c = cnt.index_select(0, sel)  # index_select: several times faster than [] on CPU
     owner = torch.repeat_interleave(torch.arange(len(sel), device=sel.device), c)
-    src = torch.repeat_interleave(start[sel] - (c.cumsum(0) - c), c) + torch.arange(int(c.sum()), device=sel.device)
-    return owner, cols[src], vals[src]
+    src = torch.repeat_interleave(start.index_select(0, sel) - (c.cumsum(0) - c), c) + torch.arange(int(c.sum()), device=sel.device)
+    return owner, cols.index_select(0, src), vals.index_select(0, src)
 
 def _query_expansion(nn, k2:int, rows, cols, vals, chunk_size:int=2048):
     "V[i] ← mean of V over i's k2 nearest neighbours (all N when N < k2, as the reference), as a row-sorted coordinate list."
@@ -194,16 +195,18 @@ def _query_expansion(nn, k2:int, rows, cols, vals, chunk_size:int=2048):
 def _jaccard_pairs(qs, rows, cols, vals, inv_start, inv_cnt, inv_pos, inv_vals, G:int, seg=None):
     "min(V[i,k], V[j,k]) for every query i in `qs`, column k of V[i] and gallery j in column k of the inverted index, as (position i'·G + j − Q in a (len(qs), G) block, min)."
     owner, k, v = _expand_rows(qs, rows, cols, vals, len(inv_cnt), seg)  # the queries' entries
-    c = inv_cnt[k]
-    src = torch.repeat_interleave(inv_start[k] - (c.cumsum(0) - c), c) + torch.arange(int(c.sum()), device=qs.device)
-    return torch.repeat_interleave(owner * G, c) + inv_pos[src], torch.minimum(torch.repeat_interleave(v, c), inv_vals[src])
+    c = inv_cnt.index_select(0, k)
+    src = torch.repeat_interleave(inv_start.index_select(0, k) - (c.cumsum(0) - c), c) + torch.arange(int(c.sum()), device=qs.device)
+    return (torch.repeat_interleave(owner * G, c) + inv_pos.index_select(0, src),
+            torch.minimum(torch.repeat_interleave(v, c), inv_vals.index_select(0, src)))
 
 def _blend_block(out, pos, m, buf, lambda_value:float):
     "out (rows, G) holds λ·d/max + (1 − λ); subtract (1 − λ)·t/(2 − t) where t = Σ min > 0, i.e. d_J = 1 − t/(2 − t) instead of 1."
     t = buf[:out.numel()].index_add_(0, pos, m)
-    tp = t[pos]
-    out.view(-1)[pos] -= (1 - lambda_value) * (tp / (2 - tp))  # repeated positions write the same value
-    t[pos] = 0                                                  # the buffer is zero again, without a dense pass
+    tp = t.index_select(0, pos)
+    o = out.view(-1)
+    o.index_copy_(0, pos, o.index_select(0, pos) - (1 - lambda_value) * (tp / (2 - tp)))  # repeated positions: the same value
+    t.index_fill_(0, pos, 0)                                    # the buffer is zero again, without a dense pass
 
 # %% ../nbs/06b_reranking.ipynb #adb04729
 def _re_ranking(dist, Q:int, k1:int, k2:int, lambda_value:float, chunk_size:int|None, progress:bool):
