@@ -16,8 +16,10 @@ __all__ = ['re_ranking', 're_ranking_distances']
 # %% ../nbs/06b_reranking.ipynb #2ccb1302
 class _FeatureDistances:
     "Squared Euclidean distances among the rows of `feats` (N, D), first Q rows queries: chunks of rows and single entries."
-    def __init__(self, feats, Q): self.x, self.Q, self.sq, self.qg, self.filled = feats, Q, (feats * feats).sum(1), None, 0
+    block = 2**22  # entries per block of rows: computed blocks of 16 MB keep the peak memory low
+    def __init__(self, feats, Q): self.x, self.Q, self.sq, self.qg = feats, Q, (feats * feats).sum(1), None
     def __len__(self): return len(self.x)
+    def rank_row(self, i): return euclidean_distance(self.x[i:i + 1], self.x, squared=True, dtype=self.x.dtype)[0]
     def neighbours(self, k, chunk_size, progress):
         "As `_neighbours`, computing each block of the symmetric matrix once: rows s:e against columns s: only; keeps the query-gallery block."
         N, Q, x = len(self.x), self.Q, self.x
@@ -25,42 +27,63 @@ class _FeatureDistances:
         vals = torch.full((N, k), math.inf, dtype=x.dtype, device=x.device)
         idx = torch.zeros((N, k), dtype=torch.int64, device=x.device)
         mx = torch.full((N,), -math.inf, dtype=x.dtype, device=x.device)
+        self.qg = torch.empty(Q, N - Q, dtype=torch.float32, device=x.device)  # becomes the output
         it = range(0, N, chunk_size)
         for s in progress_bar(it, leave=False) if progress else it:
             e = min(N, s + chunk_size)
-            d = euclidean_distance(x[s:e], x[s:], squared=True, dtype=x.dtype)     # (e-s, N-s)
-            if s < Q:
-                if self.qg is None: self.qg = torch.empty(Q, N - Q, dtype=d.dtype, device=d.device)
-                self.qg[s:min(e, Q)] = d[:min(e, Q) - s, Q - s:]; self.filled += min(e, Q) - s
+            d = (self.sq[s:e, None] + self.sq[None, s:]).addmm_(x[s:e], x[s:].T, alpha=-2).clamp_(min=0)  # (e-s, N-s), in place
+            if s < Q: self.qg[s:min(e, Q)] = d[:min(e, Q) - s, Q - s:]
             mx[s:e] = torch.maximum(mx[s:e], d.amax(1))                            # rows s:e, columns s:
             mx[s:] = torch.maximum(mx[s:], d.amax(0))                              # the transposed block
             top = torch.topk(d, min(k, d.shape[1]), dim=1, largest=False, sorted=True)
             vals[s:e], idx[s:e] = _merge_topk(vals[s:e], idx[s:e], top.values, top.indices + s, k)
             if e < N:                                                             # columns e: get rows s:e
                 tt = torch.topk(d[:, e - s:], min(k, e - s), dim=0, largest=False, sorted=True)
-                cols = torch.arange(s, e, device=x.device)[tt.indices]
-                vals[e:], idx[e:] = _merge_topk(vals[e:], idx[e:], tt.values.T, cols.T, k)
-        return idx, mx
+                vals[e:], idx[e:] = _merge_topk(vals[e:], idx[e:], tt.values.T, tt.indices.T + s, k)
+            del d
+        return vals, idx, mx
 
-    def query_gallery(self, s, e):
-        if self.filled >= self.Q: return self.qg[s:e]  # every query row was seen by the neighbour pass
-        return euclidean_distance(self.x[s:e], self.x[self.Q:], squared=True, dtype=self.x.dtype)
+    def query_gallery(self):
+        "The squared query-gallery block (Q, G) as float32, kept from the neighbour pass (handed over, not copied)."
+        qg, self.qg = self.qg, None
+        return qg.float()
     def pairs(self, i, j):
-        step = max(1, 2**23 // self.x.shape[1])  # bounds the gathered (step, D) blocks
+        step = max(1, 2**21 // self.x.shape[1])  # bounds the gathered (step, D) blocks (8 MB)
         return torch.cat([(self.sq[a] + self.sq[b] - 2 * (self.x[a] * self.x[b]).sum(1)).clamp_(min=0)
                           for a, b in zip(i.split(step), j.split(step))]) if len(i) else self.sq[:0]
 
+def _is_symmetric(m, chunk:int=1024):
+    "Whether the square matrix `m` equals its transpose, a block of rows at a time (fast transposed copies)."
+    n = len(m)
+    if m.is_cuda: return bool(torch.equal(m, m.T))
+    buf = torch.empty(n, min(chunk, n), dtype=m.dtype)
+    for s in range(0, n, chunk):
+        e = min(n, s + chunk)
+        b = buf[:, :e - s]
+        b.copy_(m[s:e].T) if e - s == buf.shape[1] else b.copy_(m[s:e].T.contiguous())
+        if not torch.equal(b[s:], m[s:, s:e]): return False  # columns s:e from row s down
+    return True
+
 class _MatrixDistances:
-    "Squared distances from the Euclidean blocks q_g (Q, G), q_q (Q, Q), g_g (G, G), as the reference assembles them."
-    def __init__(self, q_g, q_q, g_g): self.q_g, self.q_q, self.g_g, self.Q = q_g, q_q, g_g, len(q_q)
+    "Distances from the Euclidean blocks q_g (Q, G), q_q (Q, Q), g_g (G, G), as the reference assembles them (squared)."
+    block = 2**25  # entries per block of rows: views, not copies, so large blocks (fewer, longer topk calls) cost no memory
+    def __init__(self, q_g, q_q, g_g): self.q_g, self.q_q, self.g_g, self.Q, self._cols = q_g, q_q, g_g, len(q_q), None
     def __len__(self): return self.Q + len(self.g_g)
-    def rows(self, s, e):  # row i of the reference = column i of [[q_q, q_g], [q_g.T, g_g]]
-        Q, out = self.Q, []
-        if s < Q: out.append(torch.cat([self.q_q[:, s:min(e, Q)].T, self.q_g[s:min(e, Q)]], 1))
-        if e > Q: out.append(torch.cat([self.q_g[:, max(s, Q) - Q:e - Q].T, self.g_g[:, max(s, Q) - Q:e - Q].T], 1))
-        d = torch.cat(out) if len(out) > 1 else out[0]
-        return d * d
-    def query_gallery(self, s, e): return self.q_g[s:e] ** 2
+    def columns(self):
+        "Row i of the reference is column i of [[q_q, q_g], [q_g.T, g_g]]: the transposed blocks, g_g's only if it is not symmetric."
+        if self._cols is None:
+            gT = self.g_g if _is_symmetric(self.g_g) else self.g_g.T.contiguous()
+            self._cols = self.q_q.T.contiguous(), self.q_g.T.contiguous(), gT
+        return self._cols
+    def pieces(self, s, e):
+        "Rows s:e of the reference (unsquared: the same order) as (first column, block) pieces, no copies."
+        Q, (qqT, qgT, gT), out = self.Q, self.columns(), []
+        if s < Q: out.append([(0, qqT[s:min(e, Q)]), (Q, self.q_g[s:min(e, Q)])])
+        if e > Q: out.append([(0, qgT[max(s, Q) - Q:e - Q]), (Q, gT[max(s, Q) - Q:e - Q])])
+        return out
+    def rank_row(self, i): return torch.cat([p for _, p in self.pieces(i, i + 1)[0]], 1)[0]
+    def rows(self, s, e): return torch.cat([torch.cat([p for _, p in ps], 1) for ps in self.pieces(s, e)]) ** 2
+    def query_gallery(self): return torch.mul(self.q_g, self.q_g).float()
     def pairs(self, i, j):  # the reference's entry (i, j) is D[j, i]
         Q = self.Q
         d = torch.empty(len(i), dtype=self.q_g.dtype, device=self.q_g.device)
@@ -80,93 +103,110 @@ def _merge_topk(vals, idx, new_vals, new_idx, k:int):
     top = torch.topk(v, min(k, v.shape[1]), dim=1, largest=False, sorted=True)
     return top.values, j.gather(1, top.indices)
 
+def _break_ties(vals, idx, row):
+    "Rows whose listed values hold two equal ones, sorted again stably from the whole row: ties go to the smaller index."
+    tied = (vals[:, 1:] == vals[:, :-1]).any(1).nonzero().flatten().tolist() if vals.shape[1] > 1 else []
+    for i in tied: idx[i] = torch.sort(row(i), stable=True).indices[:idx.shape[1]]
+    return idx
+
 def _neighbours(dist, k:int, chunk_size:int, progress:bool):
-    "The k nearest neighbours (N, k) of every row (nearest first) and every row's maximum (N,)."
-    if hasattr(dist, 'neighbours'): return dist.neighbours(k, chunk_size, progress)
+    "The k nearest neighbours (N, k) of every row (nearest first, ties to the smaller index) and every row's squared maximum (N,)."
     N = len(dist)
-    nn, mx = [], []
-    for s in progress_bar(range(0, N, chunk_size), leave=False) if progress else range(0, N, chunk_size):
-        d = dist.rows(s, min(N, s + chunk_size))
-        mx.append(d.amax(1))
-        nn.append(torch.topk(d, min(k, N), dim=1, largest=False, sorted=True).indices)
-    return torch.cat(nn), torch.cat(mx)
+    kk = min(k + 1, N)  # one more than needed: a tie at the k-th place shows as two equal values
+    if hasattr(dist, 'neighbours'): vals, idx, mx = dist.neighbours(kk, chunk_size, progress)
+    else:
+        vals, idx, mx = [], [], []
+        for s in progress_bar(range(0, N, chunk_size), leave=False) if progress else range(0, N, chunk_size):
+            for pieces in dist.pieces(s, min(N, s + chunk_size)):  # a row block as column pieces
+                tops = [torch.topk(p, min(kk, p.shape[1]), dim=1, largest=False, sorted=True) for _, p in pieces]
+                v = torch.cat([t.values for t in tops], 1)
+                j = torch.cat([t.indices + o for (o, _), t in zip(pieces, tops)], 1)
+                top = torch.topk(v, kk, dim=1, largest=False, sorted=True)
+                vals.append(top.values); idx.append(j.gather(1, top.indices))
+                mx.append(torch.stack([p.amax(1) for _, p in pieces], 1).amax(1))
+        vals, idx, mx = torch.cat(vals), torch.cat(idx), torch.cat(mx) ** 2  # squaring keeps the order
+    return _break_ties(vals, idx, dist.rank_row)[:, :min(k, N)], mx
 
 # %% ../nbs/06b_reranking.ipynb #3af335c7
 def _reciprocal(nn, k:int):
     "Mask (N, k+1): whether nn[i, a] has i among its own k+1 nearest neighbours."
     fwd = nn[:, :k + 1]
     ar = torch.arange(len(nn), device=nn.device)
-    return (fwd[fwd] == ar[:, None, None]).any(-1)
+    return (fwd.index_select(0, fwd.flatten()).view(*fwd.shape, -1) == ar[:, None, None]).any(-1)
 
-def _expanded_sets(nn, k1:int, chunk_size:int=4096):
-    "R*(i) of every i as a sorted padded table (N, L) with sentinel N, and its validity mask."
+def _expanded_sets(nn, k1:int, chunk_size:int=2048):
+    "R*(i) of every i as a coordinate list (rows, cols), sorted by row then column."
     N = len(nn)
     kh = int(round(k1 / 2))
     fwd, recip = nn[:, :k1 + 1], _reciprocal(nn, k1)
     fwd_h, recip_h = nn[:, :kh + 1], _reciprocal(nn, kh)
     out = []
-    for s in range(0, N, chunk_size):
+    for s in range(0, N, chunk_size):                             # rows s:e; every test below stays within a row
         f, r = fwd[s:s + chunk_size], recip[s:s + chunk_size]
-        R = torch.where(r, f, -1)                                    # R(i, k1), -1 where not reciprocal
-        C, Cm = fwd_h[f], recip_h[f]                                  # candidates' R(j, k1/2): (c, k1+1, kh+1)
-        inter = ((C[..., None] == R[:, None, None, :]).any(-1) & Cm).sum(-1)
+        base = torch.arange(s, s + len(f), device=nn.device)[:, None] * N
+        R = (base + f)[r]                                         # j ∈ R(i, k1) as keys i·N + j
+        Rs = R.sort().values
+        C, Cm = [t.index_select(0, f.flatten()).view(*f.shape, -1) for t in (fwd_h, recip_h)]  # candidates' R(j, k1/2): (c, k1+1, kh+1)
+        key = base[..., None] + C                                 # (i, member of R(j, k1/2))
+        inR = (Rs.index_select(0, torch.searchsorted(Rs, key).clamp_(max=len(Rs) - 1).flatten()).view_as(key) == key if len(Rs)
+               else torch.zeros_like(key, dtype=torch.bool))
+        inter = (inR & Cm).sum(-1)
         accept = r & (inter.double() > 2. / 3 * Cm.sum(-1).double())  # the reference's float test, exactly
-        members = torch.cat([R, torch.where(accept[..., None] & Cm, C, -1).flatten(1)], 1)
-        members = torch.where(members < 0, N, members).sort(1).values
-        dup = torch.cat([torch.zeros_like(members[:, :1], dtype=torch.bool), members[:, 1:] == members[:, :-1]], 1)
-        out.append(torch.where(dup, N, members).sort(1).values)
-    E = torch.cat(out)
-    L = max(int((E < N).sum(1).max()), 1)
-    return E[:, :L], E[:, :L] < N
+        out.append(torch.unique(torch.cat([R, key[accept[..., None] & Cm]])))  # sorted, duplicates gone
+    keys = torch.cat(out)
+    return torch.div(keys, N, rounding_mode='floor'), keys % N
 
 # %% ../nbs/06b_reranking.ipynb #68854111
-def _encode(dist, E, Em, rowmax):
+def _encode(dist, rows, cols, rowmax):
     "V as (rows, cols, vals), rows sorted: exp(-d(i, j)/max_i) over R*(i), normalised per row."
-    rows = torch.arange(len(E), device=E.device)[:, None].expand_as(E)[Em]
-    cols = E[Em]
-    w = torch.exp(-(dist.pairs(rows, cols) / rowmax[rows]).double())
-    total = torch.zeros(len(E), dtype=torch.float64, device=E.device).index_add_(0, rows, w)
-    return rows, cols, w / total[rows]
+    w = torch.exp(-(dist.pairs(rows, cols) / rowmax.index_select(0, rows)).double())
+    total = torch.zeros(len(rowmax), dtype=torch.float64, device=rows.device).index_add_(0, rows, w)
+    return rows, cols, w / total.index_select(0, rows)
 
 def _segments(rows, n:int):
     "Start offset and length of each row's entries in a row-sorted coordinate list."
     cnt = torch.bincount(rows, minlength=n)
     return cnt.cumsum(0) - cnt, cnt
 
-def _expand_rows(sel, rows, cols, vals, n:int):
-    "Entries of the rows `sel` (m,) of a row-sorted list, as (position in sel, col, val)."
-    start, cnt = _segments(rows, n)
-    c = cnt[sel]
+def _expand_rows(sel, rows, cols, vals, n:int, seg=None):
+    "Entries of the rows `sel` (m,) of a row-sorted list, as (position in sel, col, val); `seg`: its `_segments`, if known."
+    start, cnt = seg or _segments(rows, n)
+    c = cnt.index_select(0, sel)  # index_select: several times faster than [] on CPU
     owner = torch.repeat_interleave(torch.arange(len(sel), device=sel.device), c)
-    offs = torch.arange(int(c.sum()), device=sel.device) - torch.repeat_interleave(c.cumsum(0) - c, c)
-    src = start[sel][owner] + offs
-    return owner, cols[src], vals[src]
+    src = torch.repeat_interleave(start.index_select(0, sel) - (c.cumsum(0) - c), c) + torch.arange(int(c.sum()), device=sel.device)
+    return owner, cols.index_select(0, src), vals.index_select(0, src)
 
-def _query_expansion(nn, k2:int, rows, cols, vals):
+def _query_expansion(nn, k2:int, rows, cols, vals, chunk_size:int=2048):
     "V[i] ← mean of V over i's k2 nearest neighbours (all N when N < k2, as the reference), as a row-sorted coordinate list."
     N = len(nn)
     if nn.shape[1] < min(k2, N): raise ValueError(f"Query expansion needs {min(k2, N)} neighbours per row, found {nn.shape[1]}.")
     sel = nn[:, :k2]
     m = sel.shape[1]                                   # min(k2, N): the reference's initial_rank[i, :k2]
-    owner, c, v = _expand_rows(sel.reshape(-1), rows, cols, vals, N)
-    key = torch.div(owner, m, rounding_mode='floor') * N + c
-    key, inv = torch.unique(key, return_inverse=True)  # sorted: rows in order
-    v = torch.zeros(len(key), dtype=vals.dtype, device=vals.device).index_add_(0, inv, v) / m
+    seg, out = _segments(rows, N), []
+    for s in range(0, N, chunk_size):                  # rows s:e, in order: the keys stay sorted
+        owner, c, v = _expand_rows(sel[s:s + chunk_size].reshape(-1), rows, cols, vals, N, seg)
+        key = (torch.div(owner, m, rounding_mode='floor') + s) * N + c
+        key, inv = torch.unique(key, return_inverse=True)
+        out.append((key, torch.zeros(len(key), dtype=vals.dtype, device=vals.device).index_add_(0, inv, v) / m))
+    key, v = torch.cat([k for k, _ in out]), torch.cat([v for _, v in out])
     return torch.div(key, N, rounding_mode='floor'), key % N, v
 
 # %% ../nbs/06b_reranking.ipynb #247561a3
-def _jaccard_block(qs, rows, cols, vals, inv_start, inv_cnt, inv_rows, inv_vals, Q:int, G:int):
-    "Jaccard distances (len(qs), G) of queries `qs` to the gallery, from V (row-sorted) and its gallery inverted index."
-    owner, k, v = _expand_rows(qs, rows, cols, vals, Q + G)  # the queries' entries
-    c = inv_cnt[k]
-    pair_owner = torch.repeat_interleave(owner, c)
-    offs = torch.arange(int(c.sum()), device=qs.device) - torch.repeat_interleave(c.cumsum(0) - c, c)
-    src = torch.repeat_interleave(inv_start[k], c) + offs
-    m = torch.minimum(torch.repeat_interleave(v, c), inv_vals[src])
-    tmin = torch.zeros(len(qs) * G, dtype=vals.dtype, device=qs.device)
-    tmin.index_add_(0, pair_owner * G + inv_rows[src] - Q, m)
-    tmin = tmin.view(len(qs), G)
-    return 1 - tmin / (2 - tmin)
+def _jaccard_pairs(qs, rows, cols, vals, inv_start, inv_cnt, inv_pos, inv_vals, G:int, seg=None):
+    "min(V[i,k], V[j,k]) for every query i in `qs`, column k of V[i] and gallery j in column k of the inverted index, as (position i'·G + j − Q in a (len(qs), G) block, min)."
+    owner, k, v = _expand_rows(qs, rows, cols, vals, len(inv_cnt), seg)  # the queries' entries
+    c = inv_cnt.index_select(0, k)
+    src = torch.repeat_interleave(inv_start.index_select(0, k) - (c.cumsum(0) - c), c) + torch.arange(int(c.sum()), device=qs.device)
+    return (torch.repeat_interleave(owner * G, c) + inv_pos.index_select(0, src),
+            torch.minimum(torch.repeat_interleave(v, c), inv_vals.index_select(0, src)))
+
+def _blend_block(out, pos, m, buf, lambda_value:float):
+    "out (rows, G) holds λ·d/max + (1 − λ); subtract (1 − λ)·t/(2 − t) where t = Σ min > 0, i.e. d_J = 1 − t/(2 − t) instead of 1."
+    t = buf[:out.numel()].index_add_(0, pos, m)
+    tp = t.index_select(0, pos)
+    o = out.view(-1)
+    o.index_copy_(0, pos, o.index_select(0, pos) - (1 - lambda_value) * (tp / (2 - tp)))  # repeated positions: the same value
+    t.index_fill_(0, pos, 0)                                    # the buffer is zero again, without a dense pass
 
 # %% ../nbs/06b_reranking.ipynb #adb04729
 def _re_ranking(dist, Q:int, k1:int, k2:int, lambda_value:float, chunk_size:int|None, progress:bool):
@@ -176,25 +216,28 @@ def _re_ranking(dist, Q:int, k1:int, k2:int, lambda_value:float, chunk_size:int|
     for name, v, lo in [('k1', k1, 1), ('k2', k2, 1)]:
         if not isinstance(v, int) or v < lo: raise ValueError(f"{name} must be a positive int, found {v!r}.")
     if not 0 <= lambda_value <= 1: raise ValueError(f"lambda_value must lie in [0, 1], found {lambda_value}.")
-    chunk_size = chunk_size or max(1, 2**24 // N)
+    chunk_size = chunk_size or max(1, dist.block // N)  # rows per block
     nn, rowmax = _neighbours(dist, max(k1 + 1, k2), chunk_size, progress)  # k1+1 for R(i, k1), k2 for expansion
     rowmax = rowmax.clamp(min=torch.finfo(rowmax.dtype).tiny)
-    E, Em = _expanded_sets(nn, k1)
-    rows, cols, vals = _encode(dist, E, Em, rowmax)
+    rows, cols, vals = _encode(dist, *_expanded_sets(nn, k1), rowmax)
     if k2 != 1: rows, cols, vals = _query_expansion(nn, k2, rows, cols, vals)
+    vals = vals.float()                                       # V in float32, as the reference
     g = rows >= Q                                            # inverted index over gallery rows
     order = torch.sort(cols[g], stable=True).indices
-    inv_rows, inv_vals = rows[g][order], vals[g][order]
+    inv_pos, inv_vals = rows[g][order] - Q, vals[g][order]  # gallery rows as columns of the result
     inv_start, inv_cnt = _segments(cols[g][order], N)
-    out = torch.empty(Q, G, dtype=torch.float32, device=nn.device)
-    per_query = int((_segments(rows, N)[1][:Q].double().mean() * inv_cnt.double().mean()).ceil()) + 1
-    step = max(1, min(2**22 // per_query, 2**23 // G))  # bounds the pair list and the dense (step, G) block
+    out = dist.query_gallery()                               # squared d (Q, G), float32: becomes the result
+    scale = (lambda_value / rowmax[:Q]).float()[:, None]  # λ/max_i, multiplied into the squared d
+    seg = _segments(rows, N)
+    per_query = int((seg[1][:Q].double().mean() * inv_cnt.double().mean()).ceil()) + 1
+    step = max(1, min(2**19 // per_query, 2**22 // G))  # bounds the pair list (~20 MB) and the (step, G) buffer (16 MB)
+    buf = torch.zeros(min(step, Q) * G, dtype=torch.float32, device=out.device)
     it = range(0, Q, step)
     for s in progress_bar(it, leave=False) if progress else it:
         e = min(Q, s + step)
-        jac = _jaccard_block(torch.arange(s, e, device=nn.device), rows, cols, vals, inv_start, inv_cnt, inv_rows, inv_vals, Q, G)
-        orig = dist.query_gallery(s, e) / rowmax[s:e, None]
-        out[s:e] = ((1 - lambda_value) * jac + lambda_value * orig).float()
+        out[s:e].mul_(scale[s:e]).add_(1 - lambda_value)
+        pos, m = _jaccard_pairs(torch.arange(s, e, device=out.device), rows, cols, vals, inv_start, inv_cnt, inv_pos, inv_vals, G, seg)
+        _blend_block(out[s:e], pos, m, buf, lambda_value)
     return out
 
 def re_ranking(q_feats, g_feats, k1:int=20, k2:int=6, lambda_value:float=0.3, chunk_size:int|None=None,

@@ -8,16 +8,18 @@ from reid_nb.evaluation import euclidean_distance, evaluate_ranking
 from reid_nb.reranking import re_ranking, re_ranking_distances
 
 
-def reference_re_ranking(q_g_dist, q_q_dist, g_g_dist, k1=20, k2=6, lambda_value=0.3, v_dtype=np.float32):
+def reference_re_ranking(q_g_dist, q_q_dist, g_g_dist, k1=20, k2=6, lambda_value=0.3, v_dtype=np.float32, kind=None):
     """Zhong et al.'s re-ranking as published (torchreid's port of the authors' code): Euclidean distances in,
     squared inside, column-max normalisation, dense V. The authors' code stores V in float16; we default to
-    float32 (as torchreid does) because float16 is a storage choice that moves results by ~1e-3."""
+    float32 (as torchreid does) because float16 is a storage choice that moves results by ~1e-3. `kind` is
+    np.argsort's: None is torchreid's (quicksort, unstable: exact ties in any order); 'stable' puts the
+    smaller index first, which is reid_nb's rule."""
     original_dist = np.concatenate([np.concatenate([q_q_dist, q_g_dist], axis=1),
                                     np.concatenate([q_g_dist.T, g_g_dist], axis=1)], axis=0)
     original_dist = np.power(original_dist, 2).astype(np.float32)
     original_dist = np.transpose(1. * original_dist / np.max(original_dist, axis=0))
     V = np.zeros_like(original_dist).astype(v_dtype)
-    initial_rank = np.argsort(original_dist).astype(np.int32)
+    initial_rank = np.argsort(original_dist, kind=kind).astype(np.int32)
     query_num = q_g_dist.shape[0]
     all_num = original_dist.shape[0]
     for i in range(all_num):
@@ -166,3 +168,28 @@ def test_separated_identities_rank_perfectly(seed):
 def test_bad_inputs(call, match):
     q, g = torch.randn(3, 8), torch.randn(10, 8)
     with pytest.raises(ValueError, match=match): call(q, g)
+
+
+@pytest.mark.parametrize('order', [[0, 1, 2, 3, 4, 5], [1, 0, 2, 3, 4, 5]])
+def test_exact_tie_goes_to_the_image_listed_first(order):
+    """The query at 0 has two gallery images at exactly the same distance (+1 and -1); with k1 = 1 only one of them
+    fits in its neighbour list. reid_nb keeps the one with the smaller index (queries first, then gallery order),
+    as NumPy's argsort(kind='stable'); torchreid's quicksort may keep either. Everything else follows from that."""
+    q = torch.tensor([[0.]], dtype=torch.float64)
+    g = torch.tensor([[1.], [-1.], [20.], [21.], [-20.], [-21.]], dtype=torch.float64)[order]
+    ref = reference_re_ranking(*blocks(q, g), k1=1, k2=1, lambda_value=0.3, kind='stable')
+    for ours in [re_ranking_distances(*blocks(q, g), k1=1, k2=1, lambda_value=0.3),
+                 re_ranking(q, g, k1=1, k2=1, lambda_value=0.3, dtype=torch.float64)]:
+        np.testing.assert_allclose(ours.numpy(), ref, atol=1e-5, rtol=0)
+        assert ours[0, 0] < 0.01 < 0.7 < ours[0, 1]  # whichever of +1 / -1 is listed first is the reciprocal neighbour
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
+def test_same_result_on_gpu():
+    qf, gf = clustered(5, 40, 7, 32, 0.8, 50)
+    b = blocks(qf, gf)
+    cpu = re_ranking_distances(*b)
+    gpu = re_ranking_distances(*[torch.from_numpy(m).cuda() for m in b])
+    assert gpu.is_cuda
+    torch.testing.assert_close(gpu.cpu(), cpu, atol=1e-5, rtol=0)
+    torch.testing.assert_close(re_ranking(qf.float().cuda(), gf.float().cuda()).cpu(), re_ranking(qf.float(), gf.float()), atol=1e-5, rtol=0)
