@@ -6,6 +6,7 @@
 from __future__ import annotations
 import time
 from pathlib import Path
+import numpy as np
 import matplotlib.pyplot as plt
 import torch
 from fastai.callback.core import Callback
@@ -18,7 +19,7 @@ from .evaluation import extract_features, euclidean_distance, pool_features, plo
 from .reranking import re_ranking
 
 # %% auto #0
-__all__ = ['Run', 'EpochLog', 'run_experiment']
+__all__ = ['Run', 'EpochLog', 'multi_query_records', 'run_experiment']
 
 # %% ../nbs/08b_runner.ipynb #ac0012c0
 _KEEP = ('rank1', 'rank5', 'rank10', 'rank20', 'mAP', 'mAP_trapezoid', 'mINP', 'cmc', 'ci95', 'num_valid_queries')
@@ -106,6 +107,13 @@ class EpochLog(Callback):
         self.log(f'epoch {e}/{self.n_epochs}{stage}: loss {self._sum/self._n:.3f} in {time.time()-self._t0:.0f} s{seen}')
 
 # %% ../nbs/08b_runner.ipynb #37841bff
+def multi_query_records(ds) -> tuple[list, np.ndarray]:
+    "The images each query pools under multi-query — its own image and its `gt_bbox` group — and per image the query it pools into."
+    recs, owner = ds.multi_query_items()
+    have = {(int(o), Path(r.path).name) for r, o in zip(recs, owner)}
+    own = [i for i, q in enumerate(ds.query) if (i, Path(q.path).name) not in have]  # Market's gt_bbox/ holds the query's box; SynthReID's does not
+    return recs + [ds.query[i] for i in own], np.concatenate([owner, np.asarray(own, dtype=np.int64)])
+
 def _with_interval(res:dict, seed:int) -> tuple[dict, dict]:
     "The kept metrics of a result with its bootstrap interval, and its per-query scores (as lists)."
     from reid_nb.evaluation import bootstrap_ci
@@ -124,7 +132,7 @@ def _evaluate(self:Run):
     self.distmat, self.main = euclidean_distance(qf, gf), protocol_name(ds.protocol)
     raw = {self.main: ev(self.distmat)}
     if ds.has_multi_query:
-        recs, owner = ds.multi_query_items()
+        recs, owner = multi_query_records(ds)
         mf, _, _ = extract_features(model, eval_dataloader(recs, c, extras=self.test_extras, recipe=self.recipe_), flip=flip,
                                     device=self.device, progress=self.progress)
         raw['multi query'] = ev(euclidean_distance(pool_features(mf, owner, n_queries=len(ds.query), how=c.multi_query), gf))
