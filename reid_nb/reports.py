@@ -179,7 +179,7 @@ def write_index(out_dir, preset:str, records:list[RunRecord], status:dict|None=N
 <h2>Results</h2>
 <p>Each dataset's own protocol (Market-1501 style: same id and same camera excluded, junk ignored; CUHK03 classic:
 single-gallery-shot), Euclidean distance on flip-averaged features; CMC rank-k and non-interpolated mAP in %.
-<i>Multi query</i> pools the features of each query's gt_bbox images; <i>+ re-ranking</i> is k-reciprocal re-ranking
+<i>Multi query</i> pools the features of each query's own image and the gt_bbox images of its identity in its camera; <i>+ re-ranking</i> is k-reciprocal re-ranking
 (k1 = 20, k2 = 6, λ = 0.3). <i>Chance</i> is the expected score of a random ranking of the same gallery — the floor every
 number should be far above.</p>
 {_wide(table)}
