@@ -158,7 +158,8 @@ def write_index(out_dir, preset:str, records:list[RunRecord], status:dict|None=N
     run_cols = ['run', 'method', 'dataset', 'backbone', 'input', 'epochs', 'time (s)']
     table = df.drop(columns=run_cols[1:]).to_html(index=False, float_format=lambda x: f'{x:.1f}', border=0, escape=True, na_rep='—')
     runs_df = df[run_cols].drop_duplicates('run').assign(status=lambda d: d['run'].map(status or {}).fillna('—'))
-    runs_df = runs_df.assign(**{'time (s)': runs_df['time (s)'].map(minutes)}).rename(columns={'time (s)': 'time'})
+    runs_df = runs_df.assign(**{'time (s)': runs_df['time (s)'].map(lambda s: minutes(s).replace(' ', '\u00a0'))})  # one line
+    runs_df = runs_df.rename(columns={'time (s)': 'time'})
     runs_table = runs_df.to_html(index=False, border=0, escape=True)
     links = ''.join(f'<li><a href="runs/{html.escape(r.name)}/{html.escape(r.name)}.html">{html.escape(r.name)}</a> — '
                     f'executed notebook; <a href="runs/{html.escape(r.name)}/{html.escape(r.name)}.ipynb">.ipynb</a>, '

@@ -95,7 +95,7 @@ class EpochLog(Callback):
     def __init__(self, log, n_epochs:int): self.log, self.n_epochs = log, n_epochs
     def before_epoch(self): self._sum, self._n, self._t0 = 0., 0, time.time()
     def after_batch(self):
-        if self.training: self._sum += float(self.learn.loss); self._n += 1
+        if self.training: self._sum += float(self.learn.loss.detach()); self._n += 1
     def after_epoch(self):
         e = self.epoch + getattr(self.learn, 'epoch_offset', 0) + 1
         stage = f' ({self.learn.stage_name})' if getattr(self.learn, 'stage_name', None) else ''
