@@ -148,10 +148,11 @@ def test_progress_quiet_kernel_run_page_and_a_killed_runs_leftovers(tmp_path):
     import os, signal
     out = tmp_path/'reports'; runs = out/'runs'
     args = [REID_NB, 'reproduce', '--out', str(out), '--only', 'baseline', '--set', 'epochs=1', 'rerank=false']
-    p = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    with open(tmp_path/'first.out', 'w') as log:
+        p = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     t0 = time.time()
     while not any('epoch(s)' in f.read_text() for f in runs.glob('.baseline.tmp-*/progress.log')):  # training has begun
-        assert p.poll() is None and time.time() - t0 < 600, 'the run ended before it trained'
+        assert p.poll() is None and time.time() - t0 < 600, 'the run ended before it trained: ' + (tmp_path/'first.out').read_text()[-3000:]
         time.sleep(0.5)
     os.killpg(p.pid, signal.SIGKILL); p.wait()
     killed = [d.name for d in runs.glob('.baseline.tmp-*')]
@@ -168,7 +169,7 @@ def test_progress_quiet_kernel_run_page_and_a_killed_runs_leftovers(tmp_path):
     assert 'without encryption' not in res.stderr and 'IPKernelApp' not in res.stderr and 'cell/s' not in res.stderr, res.stderr
     page = (runs/'baseline'/'baseline.html').read_text()
     assert '#| slow' not in page and '#| export' not in page
-    assert page.count('out_dir = ') == 1                               # the injected parameters only, not the defaults too
+    assert page.count('out_dir</span> <span class="o">=</span>') == 1  # the injected parameters only, not the defaults too
     assert (runs/'baseline'/'progress.log').read_text().count('epoch 1/1') == 1
 
 
