@@ -4,23 +4,30 @@
 
 # %% ../nbs/10_cli.ipynb #3972cf25
 from __future__ import annotations
-import argparse, json, sys
+import argparse, difflib, json, sys
 from pathlib import Path
 from dataclasses import fields
-from .core import PRESETS, ExperimentConfig
+from .core import PRESETS, ExperimentConfig, check_choice
 from .reports import RunFailed
 
 # %% auto #0
-__all__ = ['parse_overrides', 'main']
+__all__ = ['parse_overrides', 'run_list', 'check_runs', 'main']
 
 # %% ../nbs/10_cli.ipynb #1b96a298
+def _run_names(preset:str) -> list[str]:
+    from reid_nb.experiment import experiments_for
+    return [n for n, _ in experiments_for(preset)]
+
 def _parser() -> argparse.ArgumentParser:
+    from reid_nb.data.synth import SYNTH_SIZES
     p = argparse.ArgumentParser(prog='reid_nb', description='Mask-guided person re-identification: reproductions and data.')
     sub = p.add_subparsers(dest='command', required=True)
     r = sub.add_parser('reproduce', help='run every experiment of a preset through papermill and write HTML reports')
     r.add_argument('--preset', default='smoke', help=f"one of {', '.join(PRESETS)} (default: smoke)")
     r.add_argument('--out', default='reports', help='output folder (default: reports)')
-    r.add_argument('--only', nargs='+', default=None, metavar='RUN', help='run only these experiments of the preset')
+    r.add_argument('--only', nargs='+', default=None, metavar='RUN',
+                   help="run only these experiments of the preset (--list names them; smoke: " + ', '.join(_run_names('smoke')) + ')')
+    r.add_argument('--list', action='store_true', help="list the preset's runs (name, method, dataset) and exit")
     r.add_argument('--tables', default=None, metavar='ID[,ID…]',
                    help="run only what these papers' tables need, e.g. MMGA/table1_ablation,FMN/table5_masked_layer")
     r.add_argument('--set', nargs='*', default=[], metavar='FIELD=VALUE', dest='overrides',
@@ -30,7 +37,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument('--dry-run', action='store_true', help='list the runs, the tables each feeds, reused or to compute, and their cost; run nothing')
     r.add_argument('--force', action='store_true', help='recompute every run (from scratch), even those finished earlier with the same configuration')
     s = sub.add_parser('synth', help='generate the SynthReID dataset in the Market-1501 layout')
-    s.add_argument('--size', default='default', help='size preset (see reid_nb.data.synth.SYNTH_SIZES)')
+    s.add_argument('--size', default='default', help=f"size preset: one of {', '.join(SYNTH_SIZES)} (default: default)")
     s.add_argument('--out', default=None, help='output folder (default: under $REID_NB_DATA)')
     s.add_argument('--seed', type=int, default=0)
     s.add_argument('--overwrite', action='store_true', help='regenerate even if a complete copy exists')
@@ -70,17 +77,42 @@ def parse_overrides(items:list[str]) -> dict:
     for item in items:
         if '=' not in item: raise ValueError(f"Expected FIELD=VALUE, got {item!r} (e.g. --set epochs=3).")
         name, text = item.split('=', 1)
-        if name not in defaults: raise ValueError(f"Unknown field {name!r} in --set. Valid fields: {', '.join(defaults)}.")
+        if name not in defaults:
+            near = difflib.get_close_matches(name, list(defaults), n=1)
+            hint = f" Did you mean {near[0]!r}?" if near else ''
+            raise ValueError(f"Unknown field {name!r} in --set.{hint} Valid fields: {', '.join(defaults)}.")
         out[name] = _parse_value(name, text, defaults[name])
     return out
 
 # %% ../nbs/10_cli.ipynb #a3fd609a
+def run_list(preset:str):
+    "The runs of `preset`: name, method and dataset (what `--list` prints)."
+    import pandas as pd
+    from reid_nb.core import get_preset
+    from reid_nb.experiment import experiments_for
+    cfgs = {n: get_preset(preset, **o) for n, o in experiments_for(preset)}
+    return pd.DataFrame([dict(run=n, method=c.method, dataset=c.dataset) for n, c in cfgs.items()])
+
+def check_runs(preset:str, names:list[str]):
+    "A clear error for each name in `names` that is not a run of `preset`: the nearest run, and every run of the preset."
+    runs = _run_names(preset)
+    bad = [n for n in names if n not in runs]
+    if not bad: return
+    near = {n: difflib.get_close_matches(n, runs, n=1) for n in bad}
+    hints = ''.join(f" Did you mean {m[0]!r} for {n!r}?" for n, m in near.items() if m)
+    raise ValueError(f"Unknown run(s) {', '.join(map(repr, bad))} for preset {preset!r}.{hints} Runs of {preset!r}: {', '.join(runs)} "
+                     f"(`reid_nb reproduce --preset {preset} --list` shows each run's method and dataset).")
+
 def main(argv:list[str]|None=None) -> int:
     "Entry point of the `reid_nb` command."
     args = _parser().parse_args(argv)
     try:
         if args.command == 'reproduce':
             from reid_nb.reports import reproduce
+            check_choice('preset', args.preset, PRESETS)
+            if args.list:
+                print(run_list(args.preset).to_string(index=False)); return 0
+            check_runs(args.preset, args.only or [])
             tables = [t.strip() for t in args.tables.split(',') if t.strip()] if args.tables else None
             index = reproduce(args.preset, args.out, only=args.only, overrides=parse_overrides(args.overrides),
                               progress=not args.quiet, tables=tables, force=args.force, dry=args.dry_run, seeds=args.seeds)

@@ -4,7 +4,7 @@
 
 # %% ../nbs/09_reports.ipynb #0a3566ee
 from __future__ import annotations
-import html, json, os, shutil, time, datetime
+import contextlib, html, json, os, re, shutil, threading, time, datetime
 from pathlib import Path
 import pandas as pd
 import reid_nb
@@ -13,8 +13,9 @@ from .experiment import RunRecord, experiments_for, validate_config, run_overrid
 from .pretrain import standin_budget, standin_weights
 
 # %% auto #0
-__all__ = ['notebooks_dir', 'render_html', 'RunFailed', 'execute_run', 'results_table', 'write_index', 'runs_for', 'plan_runs',
-           'cached_record', 'dry_run', 'seed_replicates', 'check_data', 'reproduce']
+__all__ = ['notebooks_dir', 'render_html', 'follow', 'clear_leftovers', 'RunFailed', 'execute_run', 'minutes', 'results_table',
+           'write_index', 'runs_for', 'plan_runs', 'cached_record', 'dry_run', 'seed_replicates', 'check_data',
+           'check_weights', 'reproduce']
 
 # %% ../nbs/09_reports.ipynb #6e011629
 def notebooks_dir() -> Path:
@@ -27,16 +28,50 @@ def notebooks_dir() -> Path:
     return path
 
 # %% ../nbs/09_reports.ipynb #e9d81504
+_DIRECTIVE = re.compile(r'^#\|.*(?:\n|$)', re.M)  # nbdev's `#| slow`, `#| export` …: for nbdev, not for a reader
+
 def render_html(nb_path, html_path=None) -> Path:
     "Render the notebook at `nb_path` to a self-contained HTML file (default: same name, `.html`)."
     import nbformat
     from nbconvert import HTMLExporter
     nb_path = Path(nb_path)
     html_path = Path(html_path) if html_path else nb_path.with_suffix('.html')
-    body, _ = HTMLExporter(template_name='lab').from_notebook_node(nbformat.read(nb_path, as_version=4))
+    nb = nbformat.read(nb_path, as_version=4)
+    nb.cells = [c for c in nb.cells if 'parameters' not in c.metadata.get('tags', [])]  # the injected cell holds the values
+    for c in nb.cells:
+        if c.cell_type == 'code': c.source = _DIRECTIVE.sub('', c.source)
+    body, _ = HTMLExporter(template_name='lab').from_notebook_node(nb)
     return write_text_atomic(html_path, body)
 
 # %% ../nbs/09_reports.ipynb #f7c6bf66
+_QUIET_KERNEL = ['--IPKernelApp.log_level=ERROR']  # no 'running over TCP without encryption' per run: nothing a user can act on
+
+@contextlib.contextmanager
+def follow(path, show:bool=True, every:float=1.0, prefix:str='    '):
+    "While the block runs, print each new line appended to `path` (a run's `progress.log`), and the rest when it ends."
+    path, stop, seen = Path(path), threading.Event(), [0]
+    def flush():
+        if not path.exists(): return
+        with open(path, 'rb') as f: f.seek(seen[0]); data = f.read()
+        done = data[:data.rfind(b'\n') + 1]  # whole lines only; a half-written one waits for the next look
+        seen[0] += len(done)
+        for line in done.decode().splitlines(): print(prefix + line, flush=True)
+    def loop():
+        while not stop.wait(every): flush()
+    t = threading.Thread(target=loop, daemon=True)
+    if show: t.start()
+    try: yield
+    finally:
+        if show: stop.set(); t.join(); flush()
+
+def clear_leftovers(run_dir) -> list[Path]:
+    "Remove what a killed reproduction left of the run `run_dir` (its `.<name>.tmp-*` and `.<name>.old-*` siblings); return them."
+    run_dir = Path(run_dir)
+    if not run_dir.parent.exists(): return []
+    gone = sorted(p for pat in (f'.{run_dir.name}.tmp-*', f'.{run_dir.name}.old-*') for p in run_dir.parent.glob(pat))
+    for p in gone: shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+    return gone
+
 class RunFailed(RuntimeError):
     "A run of the experiment notebook raised; the message names the cell, the error and the kept notebook."
 
@@ -45,14 +80,16 @@ def execute_run(preset:str, name:str, overrides:dict, out_dir, progress:bool=Tru
     import papermill as pm
     run_dir = Path(out_dir)/'runs'/name
     nb_in = notebooks_dir()/'90_experiment.ipynb'
+    clear_leftovers(run_dir)
     with atomic_path(run_dir) as tmp:
         tmp.mkdir(parents=True)
         nb_out = tmp/f'{name}.ipynb'
         failed = Path(out_dir)/'failed'/f'{name}.ipynb'
         try:
-            pm.execute_notebook(str(nb_in), str(nb_out), kernel_name='python3', cwd=str(tmp), progress_bar=progress,
-                                parameters=dict(preset=preset, config=overrides, out_dir='.', ckpt_dir=None if ckpt_dir is None else str(Path(ckpt_dir).resolve())),  # cwd is the run folder
-                                execution_timeout=timeout)
+            with follow(tmp/'progress.log', show=progress):
+                pm.execute_notebook(str(nb_in), str(nb_out), kernel_name='python3', cwd=str(tmp), progress_bar=False,
+                                    parameters=dict(preset=preset, config=overrides, out_dir='.', ckpt_dir=None if ckpt_dir is None else str(Path(ckpt_dir).resolve())),  # cwd is the run folder
+                                    execution_timeout=timeout, extra_arguments=list(_QUIET_KERNEL))
         except Exception as e:  # a cell's error, a timeout, a dead kernel: keep the notebook, say what happened
             if nb_out.exists():
                 with atomic_path(failed) as f: nb_out.replace(f)
@@ -68,8 +105,21 @@ def execute_run(preset:str, name:str, overrides:dict, out_dir, progress:bool=Tru
 _CSS = """body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:70rem;color:#222;padding:0 1rem}
 h1{margin-bottom:.2rem} .sub{color:#666;margin-top:0} table{border-collapse:collapse;margin:1rem 0}
 th,td{border:1px solid #ccc;padding:.35rem .7rem;text-align:right} th{background:#f3f3f3} td:nth-child(-n+2),th:nth-child(-n+2){text-align:left}
-.figs{display:flex;flex-wrap:wrap;gap:1rem;align-items:flex-start} .figs figure{margin:0;max-width:100%} .figs img{max-width:100%;max-height:36rem;border:1px solid #ddd}
+.wide{overflow-x:auto;max-width:100%} .wide table{margin:.5rem 0}
+.figs{display:flex;flex-wrap:wrap;gap:1rem;align-items:flex-start} .figs figure{margin:0;max-width:100%} .figs img{max-width:100%;height:auto;border:1px solid #ddd}
 figcaption{font-size:.85rem;color:#555} code{background:#f5f5f5;padding:0 .2rem} .claims td{text-align:left} .claims td.ev{font-size:.8rem;color:#444}"""
+
+def _wide(table_html:str) -> str:
+    "A table in a wrapper that scrolls sideways on a narrow screen instead of cutting off its last columns."
+    return f'<div class="wide">{table_html}</div>'
+
+def minutes(seconds) -> str:
+    "A duration for people: '24 min 09 s', '42 s', '2 h 03 min'; '—' when unknown."
+    if seconds is None or seconds != seconds: return '—'
+    s = int(round(float(seconds)))
+    if s < 60: return f'{s} s'
+    if s < 3600: return f'{s // 60} min {s % 60:02d} s'
+    return f'{s // 3600} h {s % 3600 // 60:02d} min'
 
 def _pct(x) -> float: return float('nan') if x is None else 100*x
 
@@ -108,36 +158,39 @@ def write_index(out_dir, preset:str, records:list[RunRecord], status:dict|None=N
     run_cols = ['run', 'method', 'dataset', 'backbone', 'input', 'epochs', 'time (s)']
     table = df.drop(columns=run_cols[1:]).to_html(index=False, float_format=lambda x: f'{x:.1f}', border=0, escape=True, na_rep='—')
     runs_df = df[run_cols].drop_duplicates('run').assign(status=lambda d: d['run'].map(status or {}).fillna('—'))
-    runs_table = runs_df.to_html(index=False, float_format=lambda x: f'{x:.0f}', border=0, escape=True)
+    runs_df = runs_df.assign(**{'time (s)': runs_df['time (s)'].map(lambda s: minutes(s).replace(' ', '\u00a0'))})  # one line
+    runs_df = runs_df.rename(columns={'time (s)': 'time'})
+    runs_table = runs_df.to_html(index=False, border=0, escape=True)
     links = ''.join(f'<li><a href="runs/{html.escape(r.name)}/{html.escape(r.name)}.html">{html.escape(r.name)}</a> — '
                     f'executed notebook; <a href="runs/{html.escape(r.name)}/{html.escape(r.name)}.ipynb">.ipynb</a>, '
                     f'<a href="runs/{html.escape(r.name)}/metrics.json">metrics.json</a></li>' for r in records)
-    figs = ''.join(f'<figure><img src="runs/{html.escape(r.name)}/{html.escape(f)}" alt="{html.escape(f)}">'
+    figs = ''.join(f'<figure><a href="runs/{html.escape(r.name)}/{html.escape(f)}"><img src="runs/{html.escape(r.name)}/{html.escape(f)}" '
+                   f'alt="{html.escape(f)}" loading="lazy"></a>'
                    f'<figcaption>{html.escape(r.name)}: {html.escape(Path(f).stem.replace("_", " "))}</figcaption></figure>'
                    for r in records for f in r.figures)
     data = {r.dataset.get('name', r.config['dataset']): r.dataset.get('splits', {}) for r in records}
-    sizes = ''.join(f'<h3>{html.escape(name)}</h3>' + pd.DataFrame.from_dict(splits, orient='index').to_html(border=0)
+    sizes = ''.join(f'<h3>{html.escape(name)}</h3>' + _wide(pd.DataFrame.from_dict(splits, orient='index').to_html(border=0))
                     for name, splits in data.items() if splits)
     stamp = datetime.datetime.now().strftime('%Y-%m-%d %H:%M')
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>reid_nb — {html.escape(preset)} reproduction</title>
 <style>{_CSS}</style></head><body>
 <h1>reid_nb reproduction — preset <code>{html.escape(preset)}</code></h1>
 <p class="sub">Dataset: {html.escape(datasets)} · {len(records)} run(s) · reid_nb {reid_nb.__version__} · generated {stamp}</p>
-{claims_html(claims)}
+{_wide(claims_html(claims))}
 <h2>Results</h2>
 <p>Each dataset's own protocol (Market-1501 style: same id and same camera excluded, junk ignored; CUHK03 classic:
 single-gallery-shot), Euclidean distance on flip-averaged features; CMC rank-k and non-interpolated mAP in %.
-<i>Multi query</i> pools the features of each query's gt_bbox images; <i>+ re-ranking</i> is k-reciprocal re-ranking
+<i>Multi query</i> pools the features of each query's own image and the gt_bbox images of its identity in its camera; <i>+ re-ranking</i> is k-reciprocal re-ranking
 (k1 = 20, k2 = 6, λ = 0.3). <i>Chance</i> is the expected score of a random ranking of the same gallery — the floor every
 number should be far above.</p>
-{table}
+{_wide(table)}
 {tables_index_html(tables)}
 <p>Ours come from the dataset and preset named on each page — SynthReID's analogs, not the papers' datasets, unless the
 preset is <code>paper</code> — each with a 95 % bootstrap interval over test queries.</p>
 <h2>Runs</h2>
-{runs_table}
+{_wide(runs_table)}
 <h2>Data</h2>{sizes}
-<h2>Figures</h2><div class="figs">{figs}</div>
+<h2>Figures</h2><p>Each figure links to its full-size image.</p><div class="figs">{figs}</div>
 <h2>Executed notebooks</h2><ul>{links}</ul>
 </body></html>"""
     return write_text_atomic(out_dir/'index.html', page)
@@ -216,6 +269,30 @@ def check_data(preset:str, runs):
                                 + '\n\n'.join(problems) + "\n\nThe smoke, quick and cpu presets need no download: they generate "
                                 "the SynthReID analogs.")
 
+def _mask_weights(source:str|None) -> list[Path]:
+    "The weights files a mask source reads (light MRA's, detectron2's two); none for ground truth or torchvision's own."
+    from reid_nb.core import data_dir
+    kind, _, arg = str(source).partition(':')
+    if kind == 'light_mra': return [Path(arg).expanduser() if arg else data_dir('mra', create=False)/'light_mra.pth']
+    if kind == 'detectron2': return [Path(w).expanduser() for w in arg.split(',') if w]
+    return []
+
+def check_weights(preset:str, runs):
+    "One error, before any run starts, naming every mask network's weights file the planned `runs` need that is missing."
+    from reid_nb.recipe import get_method, method_options, resolve_mask_source
+    missing = {}
+    for name, o, _ in runs:
+        c = get_preset(preset, **o); m, opts = get_method(c.method), method_options(c)
+        source = resolve_mask_source(c, m.carries(c, opts, train=True) + m.carries(c, opts, train=False))
+        for w in _mask_weights(source):
+            if not w.is_file(): missing.setdefault(w, []).append(f'{name} (mask_source={source!r})')
+    if missing:
+        raise FileNotFoundError(f"{len(missing)} mask network weights file(s) that preset {preset!r} needs are missing; nothing was run.\n\n"
+                                + '\n'.join(f"{w}: needed by {', '.join(who)}" for w, who in missing.items())
+                                + "\n\nFine-tune the light MRA with `python tests/benchmarks/finetune_mra.py` (it saves with "
+                                "reid_nb.masking.save_mra) and give its path as mask_source='light_mra:<path>', or use "
+                                "mask_source=ground_truth on the SynthReID analogs.")
+
 def reproduce(preset:str='smoke', out='reports', only:list[str]|None=None, overrides:dict|None=None,
               progress:bool=True, tables:list[str]|None=None, force:bool=False, dry:bool=False, seeds:int=1) -> Path|pd.DataFrame:
     "Run every experiment of `preset` (or those `tables` need; with config `overrides`) through papermill into `out`; return `index.html`."
@@ -225,7 +302,7 @@ def reproduce(preset:str='smoke', out='reports', only:list[str]|None=None, overr
     if 'name' in overrides: raise ValueError("Runs are named by the preset (see experiments_for); drop 'name' from the overrides.")
     out = Path(out); runs = plan_runs(preset, only, overrides, out/'checkpoints')
     runs += seed_replicates(preset, only, overrides, out/'checkpoints', seeds)
-    check_data(preset, runs)
+    check_data(preset, runs); check_weights(preset, runs)  # every missing file named now, before any kernel starts
     if dry: return dry_run(preset, runs, out)
     for backbone, budget in dict.fromkeys((c.backbone, standin_budget(c.pretrained)) for c in (get_preset(preset, **o) for _, o, _ in runs)):
         if budget: standin_weights(backbone, budget, progress=progress)  # once, before any run: every run then loads it

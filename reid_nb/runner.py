@@ -6,8 +6,10 @@
 from __future__ import annotations
 import time
 from pathlib import Path
+import numpy as np
 import matplotlib.pyplot as plt
 import torch
+from fastai.callback.core import Callback
 from .core import ExperimentConfig, seed_everything, default_device, check_choice
 from .experiment import load_dataset, validate_config, evaluate_protocol, protocol_chance, protocol_name, RunRecord
 from .data.pipeline import build_dataloaders, eval_dataloader, SamplerEpoch
@@ -17,7 +19,7 @@ from .evaluation import extract_features, euclidean_distance, pool_features, plo
 from .reranking import re_ranking
 
 # %% auto #0
-__all__ = ['Run', 'run_experiment']
+__all__ = ['Run', 'EpochLog', 'multi_query_records', 'run_experiment']
 
 # %% ../nbs/08b_runner.ipynb #ac0012c0
 _KEEP = ('rank1', 'rank5', 'rank10', 'rank20', 'mAP', 'mAP_trapezoid', 'mINP', 'cmc', 'ci95', 'num_valid_queries')
@@ -32,6 +34,13 @@ class Run:
         self.device = default_device(cfg.device)
         self.out = Path(out_dir); self.out.mkdir(parents=True, exist_ok=True)
         self.timings, self.figures, self.results, self.per_query, self.notes = {}, [], {}, {}, {}
+        self.log_path, self._t_start = self.out/'progress.log', time.time()
+        self.log_path.write_text('')  # this run's lines only (a hand run reuses its folder)
+
+    def log(self, line:str):
+        "Append one line, stamped with the minutes and seconds since the run began, to `progress.log` (what `reproduce` shows)."
+        m, s = divmod(int(time.time() - self._t_start), 60)
+        with open(self.log_path, 'a') as f: f.write(f'{m:3d}:{s:02d}  {line}\n')
 
     def _timed(self, step:str, t0:float): self.timings[step] = self.timings.get(step, 0.) + time.time() - t0
 
@@ -44,6 +53,9 @@ class Run:
         self.mask_source = resolve_mask_source(c, m.carries(c, o, train=True) + m.carries(c, o, train=False))
         self.extras = mask_extras(self.ds, self.mask_source, progress=self.progress)
         self._timed('data', t0)
+        ds = self.ds
+        self.log(f'data: {ds.name}, {len(ds.train)} training images of {ds.num_train_pids} ids, {len(ds.query)} queries, '
+                 f'{len(ds.gallery)} gallery images; mask source {self.mask_source}')
         return self.ds
 
     def build(self):
@@ -58,8 +70,11 @@ class Run:
         self.model = build_model(c, ds.num_train_pids)
         self.eval_cb = ReIDEvalCallback(self.query_dl, self.gallery_dl, every=max(1, c.epochs // 4), flip=self.choices['flip_test'],
                                         evaluate_fn=self.evaluate_distances)
-        self.learn = reid_learner(self.dls, self.model, c, cbs=[self.eval_cb, SamplerEpoch()], loss_func=build_loss(c))
         self.stages = build_stages(c)
+        n_epochs = sum(s.epochs or c.epochs for s in self.stages)
+        self.learn = reid_learner(self.dls, self.model, c, cbs=[self.eval_cb, SamplerEpoch(), EpochLog(self.log, n_epochs)],
+                                  loss_func=build_loss(c))
+        self.log(f'model: {c.backbone} for {self.method.name}; training {n_epochs} epoch(s) in {len(self.stages)} stage(s) on {self.device}')
         return self.learn
 
     def train(self):
@@ -73,7 +88,32 @@ class Run:
         "Evaluate a (Q, G) distance matrix under the dataset's protocol."
         return evaluate_protocol(distmat, q_pids, g_pids, q_camids, g_camids, self.ds.protocol, seed=self.cfg.seed)
 
+# %% ../nbs/08b_runner.ipynb #e7a1c0d2
+class EpochLog(Callback):
+    "After each training epoch, `log` one line: the epoch out of `n_epochs`, its mean loss, and the latest rank-1/mAP."
+    order = 60  # after ReIDEvalCallback (55) has evaluated this epoch
+    def __init__(self, log, n_epochs:int): self.log, self.n_epochs = log, n_epochs
+    def before_epoch(self): self._sum, self._n, self._t0 = 0., 0, time.time()
+    def after_batch(self):
+        if self.training: self._sum += float(self.learn.loss.detach()); self._n += 1
+    def after_epoch(self):
+        e = self.epoch + getattr(self.learn, 'epoch_offset', 0) + 1
+        stage = f' ({self.learn.stage_name})' if getattr(self.learn, 'stage_name', None) else ''
+        if not self._n: return self.log(f'epoch {e}/{self.n_epochs}{stage}: restored from its checkpoint')
+        ev = getattr(self.learn, 'reid_eval', None)
+        last = ev.history[-1] if ev is not None and ev.history else None
+        seen = (f"; rank-1 {100*last['rank1']:.1f}%, mAP {100*last['mAP']:.1f}% (after epoch {last['epoch']+1})"
+                if last and 'rank1' in last and 'mAP' in last else '')
+        self.log(f'epoch {e}/{self.n_epochs}{stage}: loss {self._sum/self._n:.3f} in {time.time()-self._t0:.0f} s{seen}')
+
 # %% ../nbs/08b_runner.ipynb #37841bff
+def multi_query_records(ds) -> tuple[list, np.ndarray]:
+    "The images each query pools under multi-query — its own image and its `gt_bbox` group — and per image the query it pools into."
+    recs, owner = ds.multi_query_items()
+    have = {(int(o), Path(r.path).name) for r, o in zip(recs, owner)}
+    own = [i for i, q in enumerate(ds.query) if (i, Path(q.path).name) not in have]  # Market's gt_bbox/ holds the query's box; SynthReID's does not
+    return recs + [ds.query[i] for i in own], np.concatenate([owner, np.asarray(own, dtype=np.int64)])
+
 def _with_interval(res:dict, seed:int) -> tuple[dict, dict]:
     "The kept metrics of a result with its bootstrap interval, and its per-query scores (as lists)."
     from reid_nb.evaluation import bootstrap_ci
@@ -92,7 +132,7 @@ def _evaluate(self:Run):
     self.distmat, self.main = euclidean_distance(qf, gf), protocol_name(ds.protocol)
     raw = {self.main: ev(self.distmat)}
     if ds.has_multi_query:
-        recs, owner = ds.multi_query_items()
+        recs, owner = multi_query_records(ds)
         mf, _, _ = extract_features(model, eval_dataloader(recs, c, extras=self.test_extras, recipe=self.recipe_), flip=flip,
                                     device=self.device, progress=self.progress)
         raw['multi query'] = ev(euclidean_distance(pool_features(mf, owner, n_queries=len(ds.query), how=c.multi_query), gf))
@@ -103,6 +143,8 @@ def _evaluate(self:Run):
     for name, r in raw.items(): self.results[name], self.per_query[name] = _with_interval(r, c.seed)
     self.chance = protocol_chance(self.q_pids, self.g_pids, self.q_camids, self.g_camids, ds.protocol)
     self._timed('evaluate', t0)
+    self.log('evaluated: ' + '; '.join(f"{k} rank-1 {100*r['rank1']:.1f}%, mAP {100*r['mAP']:.1f}%"
+                                       for k, r in self.results.items() if r.get('rank1') is not None and r.get('mAP') is not None))
     return self.results
 Run.evaluate = _evaluate
 

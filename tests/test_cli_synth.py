@@ -58,3 +58,8 @@ def test_overwrite_replaces_the_tree(smoke):
     r = synth('--size', 'smoke', '--out', out, '--seed', 1, '--overwrite')
     assert r.returncode == 0, r.stderr
     assert json.loads((out/'synthreid.json').read_text())['seed'] == 1
+
+
+def test_help_lists_the_sizes():
+    r = subprocess.run([str(REID_NB), 'synth', '--help'], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and all(s in ' '.join(r.stdout.split()) for s in SYNTH_SIZES), r.stdout

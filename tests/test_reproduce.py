@@ -113,6 +113,64 @@ def test_bad_cli_input():
     assert res.returncode == 2 and "drop 'name'" in res.stderr
     res = run_cli('reproduce', '--only')
     assert res.returncode == 2 and 'expected at least one argument' in res.stderr
+    res = run_cli('reproduce', '--only', 'basline', 'fmn-duke')          # fmn-duke is a run of other presets, not smoke
+    assert res.returncode == 2 and "Unknown run(s) 'basline', 'fmn-duke' for preset 'smoke'" in res.stderr, res.stderr
+    assert "Did you mean 'baseline' for 'basline'?" in res.stderr and 'baseline, mmga-market, mgran-market, fmn-market' in res.stderr
+    res = run_cli('reproduce', '--set', 'epoch=3')
+    assert res.returncode == 2 and "Unknown field 'epoch' in --set. Did you mean 'epochs'?" in res.stderr, res.stderr
+    res = run_cli('reproduce', '--preset', 'quick', '--list')
+    assert res.returncode == 0 and res.stdout.split()[:3] == ['run', 'method', 'dataset'] and 'fmn-res4-market' in res.stdout
+    res = run_cli('reproduce', '--help')
+    assert 'baseline, mmga-market, mgran-market, fmn-' in res.stdout and '--list' in res.stdout
+
+
+def test_missing_weights_fail_before_any_kernel_starts(tmp_path):
+    "A mask network's or a backbone's weights file that is not there: one error naming it, before any kernel; nothing written."
+    out = tmp_path/'reports'
+    res = run_cli('reproduce', '--out', str(out), '--only', 'mgran-market', '--set', f'mask_source=light_mra:{tmp_path}/mra.pth')
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert f"{tmp_path}/mra.pth: needed by mgran-market (mask_source='light_mra:{tmp_path}/mra.pth')" in res.stderr, res.stderr
+    assert 'Traceback' not in res.stderr and not out.exists()
+    res = run_cli('reproduce', '--out', str(out), '--set', f'pretrained={tmp_path}/resnet.pth')
+    assert res.returncode == 2 and f"'{tmp_path}/resnet.pth', which does not exist" in res.stderr, res.stderr
+    assert not out.exists()
+
+
+def test_experiment_notebook_has_no_latex():
+    "The run pages render the experiment notebook offline: its markdown has no equations MathJax would have to typeset."
+    nb = json.loads((Path(__file__).parents[1]/'nbs'/'90_experiment.ipynb').read_text())
+    md = [''.join(c['source']) for c in nb['cells'] if c['cell_type'] == 'markdown']
+    assert md and not [m for m in md if '$' in m or '\\(' in m]
+
+
+def test_progress_quiet_kernel_run_page_and_a_killed_runs_leftovers(tmp_path):
+    "kill -9 during training leaves `.baseline.tmp-…`; the next run prints its epochs, clears that (only that) and renders a clean page."
+    import os, signal
+    out = tmp_path/'reports'; runs = out/'runs'
+    args = [REID_NB, 'reproduce', '--out', str(out), '--only', 'baseline', '--set', 'epochs=1', 'rerank=false']
+    with open(tmp_path/'first.out', 'w') as log:
+        p = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    t0 = time.time()
+    while not any('epoch(s)' in f.read_text() for f in runs.glob('.baseline.tmp-*/progress.log')):  # training has begun
+        assert p.poll() is None and time.time() - t0 < 600, 'the run ended before it trained: ' + (tmp_path/'first.out').read_text()[-3000:]
+        time.sleep(0.5)
+    os.killpg(p.pid, signal.SIGKILL); p.wait()
+    killed = [d.name for d in runs.glob('.baseline.tmp-*')]
+    assert killed, 'kill -9 left no temporary run folder to clear'
+    (runs/'.fmn-market.tmp-0a1b2c3d').mkdir()                       # another run's leftovers are not this run's to clear
+    res = subprocess.run(args, capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert sorted(d.name for d in runs.iterdir()) == ['.fmn-market.tmp-0a1b2c3d', 'baseline'], list(runs.iterdir())
+    lines = res.stdout.splitlines()
+    assert lines[0] == '[1/1] baseline: computing (not run yet)', lines
+    assert any(' data: synthreid, 314 training images' in l for l in lines), lines
+    epoch = [l for l in lines if 'epoch 1/1: loss ' in l]
+    assert len(epoch) == 1 and 'rank-1 ' in epoch[0] and 'mAP ' in epoch[0], lines      # one line per epoch, with the latest scores
+    assert 'without encryption' not in res.stderr and 'IPKernelApp' not in res.stderr and 'cell/s' not in res.stderr, res.stderr
+    page = (runs/'baseline'/'baseline.html').read_text()
+    assert '#| slow' not in page and '#| export' not in page
+    assert page.count('out_dir</span> <span class="o">=</span>') == 1  # the injected parameters only, not the defaults too
+    assert (runs/'baseline'/'progress.log').read_text().count('epoch 1/1') == 1
 
 
 @pytest.mark.parametrize('dataset, options, evaluation', [
