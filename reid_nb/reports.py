@@ -169,7 +169,9 @@ def write_index(out_dir, preset:str, records:list[RunRecord], status:dict|None=N
                    f'<figcaption>{html.escape(r.name)}: {html.escape(Path(f).stem.replace("_", " "))}</figcaption></figure>'
                    for r in records for f in r.figures)
     data = {r.dataset.get('name', r.config['dataset']): r.dataset.get('splits', {}) for r in records}
+    gallery = {r.dataset.get('name', r.config['dataset']): r.dataset.get('gallery') for r in records if r.dataset.get('gallery')}
     sizes = ''.join(f'<h3>{html.escape(name)}</h3>' + _wide(pd.DataFrame.from_dict(splits, orient='index').to_html(border=0))
+                    + (f'<p class="sub">Gallery: {html.escape(gallery[name])} (the table counts the distractor id 0000 as one id).</p>' if name in gallery else '')
                     for name, splits in data.items() if splits)
     stamp = datetime.datetime.now().strftime('%Y-%m-%d %H:%M')
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>reid_nb — {html.escape(preset)} reproduction</title>

@@ -15,7 +15,7 @@ from .experiment import load_dataset, validate_config, evaluate_protocol, protoc
 from .data.pipeline import build_dataloaders, eval_dataloader, SamplerEpoch
 from .recipe import get_method, method_options, build_model, build_loss, build_stages, evaluation_choices, resolve_mask_source, mask_extras
 from .train import reid_learner, fit_stages, ReIDEvalCallback, plot_training_curves, training_history
-from .evaluation import extract_features, euclidean_distance, pool_features, plot_cmc, plot_ranked_list
+from .evaluation import extract_features, euclidean_distance, pool_features, plot_cmc, plot_ranked_list, describe_gallery
 from .reranking import re_ranking
 
 # %% auto #0
@@ -192,7 +192,8 @@ def _record(self:Run) -> RunRecord:
     "Write `metrics.json` (the `RunRecord`) into the output folder and return it."
     ds = self.ds
     rec = RunRecord(name=self.cfg.name, preset=self.preset, config=self.cfg.to_dict(),
-                    dataset=dict(name=ds.name, protocol=ds.protocol, splits=ds.summary().to_dict(orient='index')),
+                    dataset=dict(name=ds.name, protocol=ds.protocol, splits=ds.summary().to_dict(orient='index'),
+                                 gallery=describe_gallery([r.pid for r in ds.gallery])),
                     metrics=self.results[self.main], chance=self.chance, results=self.results, timings=self.timings,
                     history=training_history(self.learn)['eval'], figures=self.figures, recipe=self.recipe_summary(),
                     per_query=self.per_query)

@@ -1,4 +1,5 @@
 """End to end: `reid_nb reproduce --preset smoke` through papermill to an HTML index, and its failure modes."""
+import re
 import json, subprocess, sys, time
 import pytest
 from pathlib import Path
@@ -65,6 +66,7 @@ def test_smoke_reproduction(tmp_path):
     # the index opens with the claims summary; the smoke preset runs one row of each claim at most, so none is decided
     from reid_nb.claims import CLAIMS
     assert list(results['claims']) == list(CLAIMS) and '<h2>Claims</h2>' in (out/'index.html').read_text()
+    assert re.search(r'Gallery: \d+ images: 40 ids \+ \d+ distractors', (out/'index.html').read_text())   # not '41 ids'
     assert all(c['verdict'] in ('not measured', 'cannot tell', 'holds', 'does not hold') for c in results['claims'].values())
     assert 'stand-in for ImageNet weights' in ' '.join(results['tables']['MMGA/table1_ablation']['footnotes'])
     for tid, tab in results['tables'].items():
