@@ -12,7 +12,7 @@ from reid_nb.recipe import build_model
 from reid_nb.train import (toy_reid_dls, reid_learner, fit_reid, ReIDEvalCallback, training_history,
                            plot_training_curves, warmup_step_schedule, load_checkpoint)
 
-CFG = get_preset('smoke', lr=3e-3, embed_dim=32, device='cpu', seed=0)
+CFG = get_preset('smoke', lr=3e-3, embed_dim=32, device='cpu', seed=0, pretrained=False)   # toy data: a random trunk
 
 
 def _learner(n_ids=8, n_imgs=4, size=(32, 16), bs=32, cbs=None, cfg=CFG, seed=0, **kw):
