@@ -158,7 +158,7 @@ class ExperimentConfig:
 
 # %% ../nbs/00_core.ipynb #5cc995a1
 PRESETS = {
-    'smoke': dict(synth_size='smoke', backbone='resnet_mini', pretrained='standin:smoke', height=128, width=64,
+    'smoke': dict(synth_size='smoke', backbone='resnet_mini', pretrained=False, height=128, width=64,
                   embed_dim=128, P=8, K=4, epochs=30, lr=3e-3, random_erasing=0.3),
     'quick': dict(synth_size='quick', backbone='resnet_mini', pretrained='standin:quick', height=128, width=64,
                   embed_dim=128, P=8, K=4, epochs=30, lr=3e-3, random_erasing=0.3),

@@ -9,9 +9,9 @@ from reid_nb.pretrain import (STANDIN_SEED, STANDIN_BUDGETS, standin_config, sta
                               standin_record, weights_note)
 
 
-def test_cpu_presets_start_from_their_standin_and_paper_from_imagenet():
-    for p in ('smoke', 'quick', 'cpu'): assert get_preset(p).pretrained == f'standin:{p}'
-    assert PRESETS['paper']['pretrained'] is True
+def test_quick_and_cpu_start_from_their_standin_paper_from_imagenet_smoke_from_random():
+    for p in ('quick', 'cpu'): assert get_preset(p).pretrained == f'standin:{p}'
+    assert PRESETS['paper']['pretrained'] is True and PRESETS['smoke']['pretrained'] is False
 
 
 def test_standin_world_is_no_analog_world():

@@ -68,7 +68,7 @@ def test_smoke_reproduction(tmp_path):
     assert list(results['claims']) == list(CLAIMS) and '<h2>Claims</h2>' in (out/'index.html').read_text()
     assert re.search(r'Gallery: \d+ images: 40 ids \+ \d+ distractors', (out/'index.html').read_text())   # not '41 ids'
     assert all(c['verdict'] in ('not measured', 'cannot tell', 'holds', 'does not hold') for c in results['claims'].values())
-    assert 'stand-in for ImageNet weights' in ' '.join(results['tables']['MMGA/table1_ablation']['footnotes'])
+    assert 'started from random initialisation' in ' '.join(results['tables']['MMGA/table1_ablation']['footnotes'])
     for tid, tab in results['tables'].items():
         src = paper[tid.split('/')[0]][tid.split('/')[1]]
         assert tab['columns'] == src['columns'] and [r['row'] for r in tab['rows']] == list(src['rows'])
@@ -91,17 +91,29 @@ def test_invalid_config_fails_before_any_kernel_starts(tmp_path):
 
 
 def test_failed_run_keeps_its_notebook_and_no_partial_results(tmp_path):
-    "A run that fails inside the kernel (here: a Market-1501 folder without its sub-folders) leaves no run folder."
+    "A run that fails inside the kernel (a Market-1501 layout whose folders hold no image) leaves no run folder."
+    empty = tmp_path/'Market-1501'
+    for f in ('bounding_box_train', 'bounding_box_test', 'query'): (empty/f).mkdir(parents=True)
+    out = tmp_path/'reports'
+    res = run_cli('reproduce', '--preset', 'smoke', '--out', str(out), '--quiet', '--only', 'baseline',
+                  '--set', 'dataset=market1501', f'data_root={empty}', 'pretrained=false')
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert 'No images found' in res.stderr and 'bounding_box_train' in res.stderr, res.stderr   # what and where
+    assert not (out/'runs'/'baseline').exists() and not (out/'index.html').exists()
+    assert (out/'failed'/'baseline.ipynb').exists()               # kept for debugging
+    assert not leftovers(out)
+
+
+def test_missing_dataset_folder_fails_before_any_kernel_starts(tmp_path):
+    "A Market-1501 folder without its sub-folders is named at once, before any kernel; nothing is written."
     missing = tmp_path/'Market-1501'
     missing.mkdir()
     out = tmp_path/'reports'
     res = run_cli('reproduce', '--preset', 'smoke', '--out', str(out), '--quiet', '--only', 'baseline',
                   '--set', 'dataset=market1501', f'data_root={missing}')
-    assert res.returncode == 1, res.stdout + res.stderr
-    assert 'bounding_box_train' in res.stderr, res.stderr          # the missing folder is named
-    assert not (out/'runs'/'baseline').exists() and not (out/'index.html').exists()
-    assert (out/'failed'/'baseline.ipynb').exists()               # kept for debugging
-    assert not leftovers(out)
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert 'bounding_box_train' in res.stderr and 'nothing was run' in res.stderr, res.stderr
+    assert not out.exists()
 
 
 def test_bad_cli_input():
