@@ -31,10 +31,14 @@ def run_arm(arm:str, preset:str, out:Path, mra:Path, extra:list) -> float:
     subprocess.run(cmd, check=True)
     return time.time() - t0
 
+def _portable(source) -> str|None:
+    "A mask source with the data folder written as $REID_NB_DATA, so the record holds no machine's path."
+    return None if source is None else str(source).replace(str(data_dir(create=False)), '$REID_NB_DATA')
+
 def _summary(rec:RunRecord) -> dict:
     pick = lambda r, k: dict(value=round(100*r[k], 1), ci95=[round(100*x, 1) for x in r['ci95'][k]])
     return {name: {k: pick(r, k) for k in ('rank1', 'mAP')} for name, r in rec.results.items()} | dict(
-        pretrained=rec.config['pretrained'], mask_source=rec.recipe.get('mask_source'),
+        pretrained=rec.config['pretrained'], mask_source=_portable(rec.recipe.get('mask_source')),
         mask_fallbacks=rec.recipe.get('notes', {}).get('mask_fallbacks'), train_seconds=round(rec.timings.get('train', 0)))
 
 def main(argv=None):
