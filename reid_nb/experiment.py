@@ -109,7 +109,7 @@ def method_runs(stem:str, tags, presets=None, per_preset:dict|None=None, **confi
     extra = ({'presets': tuple(presets)} if presets else {}) | ({'per_preset': dict(per_preset)} if per_preset else {})
     return {f'{stem}-{t}': dict(config, tag=t, **extra) for t in tags}
 
-RUNS = {'baseline': dict(method='baseline')}
+RUNS = {'baseline': dict(method='baseline', presets=('smoke', 'cpu', 'paper'))}  # quick: the tables' runs only (its budget is 60 min)
 
 def all_runs() -> dict:
     "`RUNS` and every registered method's runs (`Method.runs`), by name."

@@ -68,7 +68,7 @@ class Run:
         self.gallery_dl = eval_dataloader(ds.gallery, c, extras=test_extras, recipe=recipe)
         self.recipe_, self.test_extras = recipe, test_extras
         self.model = build_model(c, ds.num_train_pids)
-        self.eval_cb = ReIDEvalCallback(self.query_dl, self.gallery_dl, every=max(1, c.epochs // 4), flip=self.choices['flip_test'],
+        self.eval_cb = ReIDEvalCallback(self.query_dl, self.gallery_dl, every=max(1, c.epochs // 2), flip=self.choices['flip_test'],
                                         evaluate_fn=self.evaluate_distances)
         self.stages = build_stages(c)
         n_epochs = sum(s.epochs or c.epochs for s in self.stages)
