@@ -14,8 +14,8 @@ from .pretrain import standin_budget, standin_weights
 
 # %% auto #0
 __all__ = ['notebooks_dir', 'render_html', 'follow', 'clear_leftovers', 'RunFailed', 'execute_run', 'minutes', 'results_table',
-           'write_index', 'runs_for', 'plan_runs', 'cached_record', 'dry_run', 'seed_replicates', 'check_data',
-           'check_weights', 'reproduce']
+           'write_index', 'runs_for', 'plan_runs', 'cached_record', 'resume_point', 'dry_run', 'seed_replicates',
+           'check_data', 'check_weights', 'reproduce']
 
 # %% ../nbs/09_reports.ipynb #6e011629
 def notebooks_dir() -> Path:
@@ -235,6 +235,14 @@ def cached_record(run_dir, config:dict, preset:str) -> tuple[RunRecord|None, str
     if rec.preset != preset or config_key(rec.config) != config_key(config): return None, 'it was made with another configuration'
     return rec, 'finished earlier with this configuration'
 
+def resume_point(ckpt) -> str|None:
+    "Where a run that was stopped resumes: its newest checkpoint's stage and epoch (None when it has no checkpoint)."
+    found = sorted(Path(ckpt).glob('*/checkpoint.json'), key=lambda p: p.stat().st_mtime)
+    if not found: return None
+    try: state = json.loads(found[-1].read_text())
+    except ValueError: return None   # a damaged checkpoint.json: training starts over (fit_reid decides)
+    return f"resumes after epoch {state['epoch'] + 1} of {state['n_epoch']} (stage {found[-1].parent.name})"
+
 def _feeds(name:str) -> list[str]:
     "The paper tables run `name` feeds."
     from reid_nb.tables import TABLE_IDS, runs_for_tables
@@ -242,10 +250,11 @@ def _feeds(name:str) -> list[str]:
 
 def dry_run(preset:str, runs, out) -> pd.DataFrame:
     "What `reproduce` would do: each planned run, the tables it feeds, reused or to compute, and its cost (image passes; measured time if cached)."
+    from reid_nb.recipe import build_stages
     rows = []
     for name, o, ckpt in runs:
         cfg = validate_config(get_preset(preset, **o)); rec, why = cached_record(Path(out)/'runs'/name, cfg.to_dict(), preset)
-        from reid_nb.recipe import build_stages
+        if rec is None and (where := resume_point(ckpt)): why += f'; {where}'
         epochs = sum(s.epochs or cfg.epochs for s in build_stages(cfg))
         rows.append(dict(run=name, method=cfg.method, dataset=cfg.dataset, feeds=', '.join(_feeds(name.split('~seed')[0])) or '—',
                          epochs=epochs, input=f'{cfg.height}×{cfg.width}', starts_from=str(cfg.pretrained),
@@ -316,8 +325,9 @@ def reproduce(preset:str='smoke', out='reports', only:list[str]|None=None, overr
             records.append(rec); status[name] = 'reused'
             if progress: print(f'{step}: reused ({why})', flush=True)
             continue
-        if progress: print(f'{step}: computing ({why})', flush=True)
         if force and ckpt.exists(): shutil.rmtree(ckpt)   # --force: train again from the start, not from the checkpoints
+        elif (where := resume_point(ckpt)): why += f'; {where}'
+        if progress: print(f'{step}: computing ({why})', flush=True)
         t0 = time.time()
         records.append(RunRecord.load(execute_run(preset, name, overrides, out, progress=progress, ckpt_dir=ckpt)))
         status[name] = 'computed now'

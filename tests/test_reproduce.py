@@ -157,34 +157,45 @@ def test_experiment_notebook_has_no_latex():
     assert md and not [m for m in md if '$' in m or '\\(' in m]
 
 
-def test_progress_quiet_kernel_run_page_and_a_killed_runs_leftovers(tmp_path):
-    "kill -9 during training leaves `.baseline.tmp-…`; the next run prints its epochs, clears that (only that) and renders a clean page."
+def _without_times(results: dict) -> dict:
+    "results.json less what differs between two identical runs: the measured times."
+    return {**results, 'runs': [{k: v for k, v in r.items() if k != 'time (s)'} for r in results['runs']]}
+
+
+def test_a_killed_run_resumes_from_its_checkpoint_to_the_uninterrupted_results(tmp_path):
+    """kill -9 after the first of two epochs is checkpointed: the rerun says where it resumes, trains epoch 2 only, prints
+    it, clears its own leftovers (only those), renders a clean page, and its results.json equals an uninterrupted run's."""
     import os, signal
     out = tmp_path/'reports'; runs = out/'runs'
-    args = [REID_NB, 'reproduce', '--out', str(out), '--only', 'baseline', '--set', 'epochs=1', 'rerank=false']
+    args = ['reproduce', '--only', 'baseline', '--set', 'epochs=2', 'rerank=false']
     with open(tmp_path/'first.out', 'w') as log:
-        p = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        p = subprocess.Popen([REID_NB, *args, '--out', str(out)], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     t0 = time.time()
-    while not any('epoch(s)' in f.read_text() for f in runs.glob('.baseline.tmp-*/progress.log')):  # training has begun
-        assert p.poll() is None and time.time() - t0 < 600, 'the run ended before it trained: ' + (tmp_path/'first.out').read_text()[-3000:]
-        time.sleep(0.5)
+    while not list((out/'checkpoints').glob('baseline-*/*/checkpoint.json')):   # epoch 1 is saved, epoch 2 under way
+        assert p.poll() is None and time.time() - t0 < 600, 'the run ended before its first checkpoint: ' + (tmp_path/'first.out').read_text()[-3000:]
+        time.sleep(0.2)
     os.killpg(p.pid, signal.SIGKILL); p.wait()
     killed = [d.name for d in runs.glob('.baseline.tmp-*')]
     assert killed, 'kill -9 left no temporary run folder to clear'
     (runs/'.fmn-market.tmp-0a1b2c3d').mkdir()                       # another run's leftovers are not this run's to clear
-    res = subprocess.run(args, capture_output=True, text=True, timeout=900)
+    res = run_cli(*args, '--out', str(out))
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert sorted(d.name for d in runs.iterdir()) == ['.fmn-market.tmp-0a1b2c3d', 'baseline'], list(runs.iterdir())
     lines = res.stdout.splitlines()
-    assert lines[0] == '[1/1] baseline: computing (not run yet)', lines
+    assert re.fullmatch(r'\[1/1\] baseline: computing \(not run yet; resumes after epoch 1 of 2 \(stage \w+\)\)', lines[0]), lines
     assert any(' data: synthreid, 314 training images' in l for l in lines), lines
-    epoch = [l for l in lines if 'epoch 1/1: loss ' in l]
+    epoch = [l for l in lines if 'epoch 2/2: loss ' in l]
     assert len(epoch) == 1 and 'rank-1 ' in epoch[0] and 'mAP ' in epoch[0], lines      # one line per epoch, with the latest scores
+    assert not any('epoch 1/2: loss ' in l for l in lines), lines                         # epoch 1 came from the checkpoint
     assert 'without encryption' not in res.stderr and 'IPKernelApp' not in res.stderr and 'cell/s' not in res.stderr, res.stderr
     page = (runs/'baseline'/'baseline.html').read_text()
     assert '#| slow' not in page and '#| export' not in page
     assert page.count('out_dir</span> <span class="o">=</span>') == 1  # the injected parameters only, not the defaults too
-    assert (runs/'baseline'/'progress.log').read_text().count('epoch 1/1') == 1
+    whole = run_cli(*args, '--out', str(tmp_path/'whole'))
+    assert whole.returncode == 0, whole.stdout[-3000:] + whole.stderr[-3000:]
+    resumed, uninterrupted = (json.loads((d/'results.json').read_text()) for d in (out, tmp_path/'whole'))
+    assert resumed['runs'][0]['mAP'] > resumed['runs'][0]['chance mAP']
+    assert _without_times(resumed) == _without_times(uninterrupted)   # same seeds, CPU: the same numbers to the last bit
 
 
 @pytest.mark.parametrize('dataset, options, evaluation', [

@@ -282,11 +282,18 @@ def build_dataloaders(dataset:ReIDDataset, cfg:ExperimentConfig, extras:Callable
 
 # %% ../../nbs/03_data.pipeline.ipynb #61d23398
 class SamplerEpoch(Callback):
-    "Set the training sampler's epoch (`PKSampler.set_epoch`) to the Learner's epoch before each training phase."
+    """Before each training epoch, from the run's seed and the epoch counted across stages: the sampler's epoch
+    (`PKSampler.set_epoch`) and fresh seeds for the augmentations. A run resumed from a checkpoint then draws exactly
+    what an uninterrupted run draws (with `num_workers=0`; persistent workers keep their own generators)."""
     order = -5
     def before_train(self):
-        s = getattr(self.dls.train, 'sampler', None)
-        if hasattr(s, 'set_epoch'): s.set_epoch(self.epoch)
+        epoch = getattr(self.learn, 'epoch_offset', 0) + self.epoch
+        dl = self.dls.train; s = getattr(dl, 'sampler', None)
+        if hasattr(s, 'set_epoch'): s.set_epoch(epoch)
+        seed = getattr(getattr(self.learn, 'reid_cfg', None), 'seed', getattr(s, 'seed', 0))
+        g = int(np.random.default_rng([seed, epoch, 7]).integers(2**62))
+        torch.manual_seed(g)                                                            # this process's augmentations
+        if isinstance(getattr(dl, 'generator', None), torch.Generator): dl.generator.manual_seed(g)  # workers' seeds
 
 # %% ../../nbs/03_data.pipeline.ipynb #7fcdfb23
 def show_pk_batch(images:torch.Tensor, pids:torch.Tensor, P:int, K:int, size:float=1.0):

@@ -1,0 +1,82 @@
+"""Execute the chapters in place, keeping light outputs, so that JupyterLab, the repository browser and the site show them.
+
+As `nbdev_test` runs them (cells flagged `notest`, `cuda` skipped; `slow` cells run unless --skip-slow), then:
+- progress bars (fastprogress / tqdm widgets and their carriage-return text) are dropped;
+- this machine's paths (the repository, $REID_NB_DATA, the home folder, temporary folders) become `<repo>`, `$REID_NB_DATA`,
+  `~` and `<tmp>`;
+- warnings (stderr) are dropped: they name this machine's files and repeat on every run.
+A chapter that fails stops the script with its traceback; that notebook is left as it was. Then run `nbdev_clean`.
+Usage: python tests/benchmarks/execute_chapters.py [NOTEBOOK …] [--skip-slow]"""
+import argparse, os, re, sys, tempfile, time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+NBS = REPO/'nbs'
+
+def _replacements() -> list[tuple[str, str]]:
+    from reid_nb.core import data_dir
+    pairs = [(str(REPO), '<repo>'), (str(data_dir(create=False)), '$REID_NB_DATA'), (tempfile.gettempdir(), '<tmp>'),
+             (str(Path.home()), '~'), (sys.prefix, '<venv>')]
+    return sorted(pairs, key=lambda p: -len(p[0]))
+
+def _scrub(text: str, pairs) -> str:
+    for old, new in pairs: text = text.replace(old, new)
+    text = re.sub(r'<tmp>/[\w.-]+', '<tmp>/…', text)   # random temporary names change on every run
+    return text
+
+def _is_progress(out) -> bool:
+    data = out.get('data', {})
+    html = ''.join(data.get('text/html', ''))
+    text = ''.join(out.get('text', '')) + ''.join(data.get('text/plain', ''))
+    return '<progress' in html or 'progress-bar' in html or '\r' in text or bool(re.search(r'\d+%\|[█▏▎▍▌▋▊▉ ]*\|', text))
+
+def light(outputs, pairs) -> list:
+    "The outputs worth keeping, with this machine's paths replaced."
+    keep = []
+    for out in outputs:
+        if out.get('output_type') == 'stream' and out.get('name') == 'stderr': continue
+        if out.get('output_type') == 'update_display_data' or _is_progress(out): continue
+        out = dict(out)
+        if 'text' in out: out['text'] = _scrub(''.join(out['text']), pairs)
+        if 'data' in out:
+            out['data'] = {k: (_scrub(''.join(v), pairs) if k.startswith('text/') else v) for k, v in out['data'].items()}
+            if 'text/html' in out['data'] and 'text/plain' in out['data'] and '<table' not in out['data']['text/html']:
+                out['data'].pop('text/html')  # plain text is enough unless it is a table
+        keep.append(out)
+    return keep
+
+def execute(path: Path, skip_slow: bool):
+    from execnb.nbio import read_nb, write_nb
+    from execnb.shell import CaptureShell
+    from nbdev.process import NBProcessor, FrontmatterProc
+    from fastcore.basics import working_directory
+    flags = {'notest', 'cuda'} | ({'slow'} if skip_slow else set())
+    nb = NBProcessor(path, procs=FrontmatterProc, process=True).nb
+    def no_eval(cell):
+        if cell.cell_type != 'code': return True
+        directives = getattr(cell, 'directives_', {}) or {}
+        return 'nbdev_export(' in cell.source or bool(flags & directives.keys())
+    shell, pairs = CaptureShell(path), _replacements()
+    with working_directory(path.parent): shell.run_all(nb, exc_stop=True, preproc=no_eval)
+    raw = read_nb(path)   # the file as it is (no directives parsed), outputs from the run
+    ran = {c.get('id'): c for c in nb.cells}
+    for cell in raw.cells:
+        if cell.cell_type == 'code':
+            cell['outputs'] = light(ran[cell['id']].get('outputs', []), pairs) if cell.get('id') in ran else []
+            cell['execution_count'] = None
+    tmp = path.with_name(f'.{path.name}.tmp-{os.getpid()}')
+    write_nb(raw, tmp); tmp.replace(path)
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    ap.add_argument('notebooks', nargs='*', help='chapters (default: every nbs/*.ipynb but 90_experiment, the run template)')
+    ap.add_argument('--skip-slow', action='store_true', help="skip cells flagged 'slow' (they train small demo runs)")
+    a = ap.parse_args(argv)
+    paths = [Path(p).resolve() for p in a.notebooks] or [p for p in sorted(NBS.glob('*.ipynb')) if p.name != '90_experiment.ipynb']
+    os.environ['IN_TEST'] = '1'
+    for p in paths:
+        t0 = time.time(); execute(p, a.skip_slow)
+        kb = p.stat().st_size / 1024
+        print(f'{p.name}: executed in {time.time()-t0:.0f} s, {kb:.0f} KiB', flush=True)
+
+if __name__ == '__main__': main()
