@@ -4,12 +4,13 @@
 
 # %% ../nbs/08d_claims.ipynb #a8d961c4
 from __future__ import annotations
-import html
+import html, json
+from pathlib import Path
 from .tables import paper_table, column_source
 
 # %% auto #0
 __all__ = ['CLAIMS', 'CLAIM_PAPER', 'HOLDS', 'FAILS', 'UNSURE', 'MISSING', 'judge_link', 'combine', 'check_claims', 'claims_html',
-           'claims_text']
+           'claims_text', 'show_recorded']
 
 # %% ../nbs/08d_claims.ipynb #360a70c4
 CLAIMS = {   # claim -> (paper tables whose columns it is checked in, rows from best to worst, the link between neighbours)
@@ -79,3 +80,19 @@ def claims_html(claims:dict) -> str:
 def claims_text(claims:dict) -> str:
     "The claims summary as plain text (for a terminal or a note)."
     return '\n'.join(f"{c['paper']:6} {claim:45} {c['verdict']}" for claim, c in claims.items())
+
+# %% ../nbs/08d_claims.ipynb #f7f7273b
+def show_recorded(path) -> dict:
+    "Display a recorded reproduction (`tests/benchmarks/record_tables.py` writes it): its source, each table, the claims; return it."
+    from IPython.display import display, Markdown
+    from reid_nb.tables import table_frame
+    rec = json.loads(Path(path).read_text())
+    secs = rec.get('run_seconds', {})
+    display(Markdown(f"Preset `{rec['preset']}`: {len(secs)} run(s), {sum(secs.values())/60:.0f} min of training and evaluation "
+                     f"on two CPU cores. {rec.get('note', '')}"))
+    for t in rec['tables'].values(): display(Markdown(f"**{t['title']}**"), table_frame(t))
+    lines = [f"- {claim}: **{c['verdict']}** ("
+             + '; '.join(f"{col['column']} {col['verdict']}" for col in c['columns'] if col['verdict'] != MISSING) + ')'
+             for claim, c in rec['claims'].items()]
+    display(Markdown('**Claims** (holds / does not hold / cannot tell, on the 95 % intervals):\n\n' + '\n'.join(lines)))
+    return rec

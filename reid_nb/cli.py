@@ -11,7 +11,7 @@ from .core import PRESETS, ExperimentConfig, check_choice
 from .reports import RunFailed
 
 # %% auto #0
-__all__ = ['parse_overrides', 'run_list', 'check_runs', 'main']
+__all__ = ['parse_overrides', 'chapters', 'build_site', 'run_list', 'check_runs', 'main']
 
 # %% ../nbs/10_cli.ipynb #1b96a298
 def _run_names(preset:str) -> list[str]:
@@ -41,6 +41,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument('--out', default=None, help='output folder (default: under $REID_NB_DATA)')
     s.add_argument('--seed', type=int, default=0)
     s.add_argument('--overwrite', action='store_true', help='regenerate even if a complete copy exists')
+    d = sub.add_parser('docs', help="the chapters as a site: nbdev_docs when quarto is installed, else nbconvert pages and an index")
+    d.add_argument('--out', default='_docs', help='output folder (default: _docs, where nbdev_docs writes)')
+    d.add_argument('--plain', action='store_true', help='the nbconvert pages even when quarto is installed')
     return p
 
 # %% ../nbs/10_cli.ipynb #646be786
@@ -84,6 +87,38 @@ def parse_overrides(items:list[str]) -> dict:
         out[name] = _parse_value(name, text, defaults[name])
     return out
 
+# %% ../nbs/10_cli.ipynb #78f532bb
+def chapters(nbs=None) -> list[tuple[Path, str, str]]:
+    "(notebook, title, summary) of each chapter in `nbs` (default: the package's), in order; the run template left out."
+    from reid_nb.reports import notebooks_dir
+    out = []
+    for p in sorted(Path(nbs or notebooks_dir()).glob('*.ipynb')):
+        if p.name == '90_experiment.ipynb': continue
+        first = ''.join(json.loads(p.read_text())['cells'][0]['source'])
+        title = next((l[2:].strip() for l in first.splitlines() if l.startswith('# ')), p.stem)
+        summary = next((l[1:].strip() for l in first.splitlines() if l.startswith('>')), '')
+        out.append((p, title, summary))
+    return out
+
+def build_site(out='_docs', nbs=None, plain:bool=False) -> Path:
+    "The chapters as a site in `out`: `nbdev_docs` when quarto is installed (and not `plain`), else nbconvert pages + index."
+    import html, shutil, subprocess
+    from reid_nb.reports import render_html
+    from reid_nb.core import write_text_atomic
+    if not plain and shutil.which('quarto'):
+        subprocess.run(['nbdev_docs'], check=True); return Path('_docs')/'index.html'
+    out, rows = Path(out), []
+    out.mkdir(parents=True, exist_ok=True)
+    for p, title, summary in chapters(nbs):
+        render_html(p, out/f'{p.stem}.html')
+        rows.append(f'<li><a href="{p.stem}.html">{html.escape(title)}</a> <code>{p.stem}</code><br>{html.escape(summary)}</li>')
+    page = ('<!doctype html><meta charset="utf-8"><title>reid_nb</title><style>body{font:15px/1.5 system-ui,sans-serif;'
+            'max-width:900px;margin:2em auto;padding:0 1em} li{margin:.6em 0} code{color:#666}</style>'
+            '<h1>reid_nb</h1><p>Mask-guided person re-identification: MGRAN, MMGA and FMN as literate notebooks. '
+            'Each chapter is committed executed; this is its plain rendering (nbconvert), made because quarto, which '
+            '<code>nbdev_docs</code> needs, is not installed.</p><ol>' + ''.join(rows) + '</ol>')
+    return write_text_atomic(out/'index.html', page)
+
 # %% ../nbs/10_cli.ipynb #a3fd609a
 def run_list(preset:str):
     "The runs of `preset`: name, method and dataset (what `--list` prints)."
@@ -126,6 +161,8 @@ def main(argv:list[str]|None=None) -> int:
             from reid_nb.data.synth import generate_synthreid
             root = generate_synthreid(args.out, size=args.size, seed=args.seed, overwrite=args.overwrite)
             print(f'SynthReID: {root}')
+        elif args.command == 'docs':
+            print(f'Site: {build_site(args.out, plain=args.plain)}')
     except (ValueError, FileNotFoundError, FileExistsError) as e:
         print(f'reid_nb {args.command}: error: {e}', file=sys.stderr)
         return 2

@@ -37,9 +37,11 @@ def render_html(nb_path, html_path=None) -> Path:
     nb_path = Path(nb_path)
     html_path = Path(html_path) if html_path else nb_path.with_suffix('.html')
     nb = nbformat.read(nb_path, as_version=4)
-    nb.cells = [c for c in nb.cells if 'parameters' not in c.metadata.get('tags', [])]  # the injected cell holds the values
+    nb.cells = [c for c in nb.cells if 'parameters' not in c.metadata.get('tags', [])  # the injected cell holds the values
+                and not (c.cell_type == 'code' and re.search(r'^#\|\s*hide\b', c.source, re.M))]   # nbdev's hidden cells
     for c in nb.cells:
         if c.cell_type == 'code': c.source = _DIRECTIVE.sub('', c.source)
+    nb.cells = [c for c in nb.cells if c.cell_type != 'code' or c.source.strip() or c.get('outputs')]  # e.g. `#| default_exp`
     body, _ = HTMLExporter(template_name='lab').from_notebook_node(nb)
     return write_text_atomic(html_path, body)
 
@@ -331,8 +333,9 @@ def reproduce(preset:str='smoke', out='reports', only:list[str]|None=None, overr
         t0 = time.time()
         records.append(RunRecord.load(execute_run(preset, name, overrides, out, progress=progress, ckpt_dir=ckpt)))
         status[name] = 'computed now'
-        if progress: print(f'{step}: done in {time.time()-t0:.0f} s — '
-                           f"rank-1 {100*records[-1].metrics['rank1']:.1f}%, mAP {100*records[-1].metrics.get('mAP', float('nan')):.1f}%", flush=True)
+        m = records[-1].metrics; mAP = m.get('mAP')
+        if progress: print(f"{step}: done in {time.time()-t0:.0f} s — rank-1 {100*m['rank1']:.1f}%"
+                           + (f", mAP {100*mAP:.1f}%" if mAP is not None and mAP == mAP else ' (no mAP under this protocol)'), flush=True)
     done = {r.name for r in records}  # runs of this preset from earlier invocations (e.g. with `only`) stay listed
     for n, _ in experiments_for(preset):
         if n in done or not (out/'runs'/n/'metrics.json').exists(): continue

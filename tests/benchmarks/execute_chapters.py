@@ -40,16 +40,19 @@ def light(outputs, pairs) -> list:
         if 'text' in out: out['text'] = _scrub(''.join(out['text']), pairs)
         if 'data' in out:
             out['data'] = {k: (_scrub(''.join(v), pairs) if k.startswith('text/') else v) for k, v in out['data'].items()}
-            if 'text/html' in out['data'] and 'text/plain' in out['data'] and '<table' not in out['data']['text/html']:
-                out['data'].pop('text/html')  # plain text is enough unless it is a table
+            if 'text/markdown' in out['data']: out['data'].pop('text/plain', None)   # '<IPython…Markdown object>'
+            html = out['data'].get('text/html', '')
+            if html and 'text/plain' in out['data']:   # keep one of the two: a table's HTML, else the plain text
+                out['data'].pop('text/plain' if '<table' in html else 'text/html')
         keep.append(out)
     return keep
 
 def execute(path: Path, skip_slow: bool):
     from execnb.nbio import read_nb, write_nb
     from execnb.shell import CaptureShell
-    from nbdev.process import NBProcessor, FrontmatterProc
-    from fastcore.basics import working_directory
+    from nbdev.process import NBProcessor
+    from nbdev.frontmatter import FrontmatterProc
+    from fastcore.xtras import working_directory
     flags = {'notest', 'cuda'} | ({'slow'} if skip_slow else set())
     nb = NBProcessor(path, procs=FrontmatterProc, process=True).nb
     def no_eval(cell):

@@ -13,6 +13,7 @@ from reid_nb.claims import CLAIMS, check_claims
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     ap.add_argument('results'); ap.add_argument('--tables', required=True); ap.add_argument('--out', required=True)
+    ap.add_argument('--note', default='', help='one line on how the reproduction was made (shown above the tables)')
     a = ap.parse_args(argv)
     res = json.loads(Path(a.results).read_text())
     ids = [t.strip() for t in a.tables.split(',') if t.strip()]
@@ -22,7 +23,7 @@ def main(argv=None):
     claims = {c: v for c, v in check_claims(res['tables']).items() if any(t in ids for t in CLAIMS[c][0])}
     runs = sorted({n for t in tables.values() for r in t['rows'] if r['ours'] for n in (r['runs'] or {}).values()})
     seconds = {r['run']: r['time (s)'] for r in res['runs'] if r['run'] in runs}
-    write_json_atomic(a.out, dict(source=str(Path(a.results).name), preset=res['preset'], tables=tables, claims=claims,
+    write_json_atomic(a.out, dict(source=str(Path(a.results).name), preset=res['preset'], tables=tables, claims=claims, note=a.note,
                                   run_seconds=seconds))
     print(f"{a.out}: {len(tables)} table(s), {len(claims)} claim(s), {len(runs)} run(s), {sum(seconds.values())/60:.0f} min of runs")
 
