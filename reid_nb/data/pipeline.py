@@ -127,7 +127,7 @@ class ReIDTransform:
         sample = dict(image=img)
         for name, m in (('mask', mask), ('part_map', part_map)):
             if m is None: continue
-            m = torch.as_tensor(np.asarray(m) if not torch.is_tensor(m) else m)
+            m = m if torch.is_tensor(m) else torch.from_numpy(np.array(m))   # a copy: stored masks may be read-only
             if m.shape[-2:] != (h, w):
                 raise MaskSizeError(f"{name} of shape {tuple(m.shape)} does not match its image of size {h}×{w}.")
             sample[name] = tv_tensors.Mask(m.to(torch.uint8))
