@@ -30,6 +30,22 @@ def _is_progress(out) -> bool:
     text = ''.join(out.get('text', '')) + ''.join(data.get('text/plain', ''))
     return '<progress' in html or 'progress-bar' in html or '\r' in text or bool(re.search(r'\d+%\|[█▏▎▍▌▋▊▉ ]*\|', text))
 
+def small_image(b64: str, limit: int = 40_000, width: int = 1200) -> tuple[str, str]:
+    """(mime type, base64) of a PNG made light: over `limit` bytes, at most `width` pixels wide with an adaptive
+    256-colour palette (plots and SynthReID's flat colours survive it); a JPEG when the palette PNG is still over 4 × `limit`."""
+    import base64, io
+    from PIL import Image
+    raw = base64.b64decode(b64)
+    if len(raw) <= limit: return 'image/png', b64
+    im = Image.open(io.BytesIO(raw)).convert('RGB')
+    if im.width > width: im = im.resize((width, round(im.height * width / im.width)), Image.Resampling.LANCZOS)
+    png = io.BytesIO(); im.quantize(colors=256, method=Image.Quantize.MEDIANCUT).save(png, format='PNG', optimize=True)
+    best = min([('image/png', raw), ('image/png', png.getvalue())], key=lambda t: len(t[1]))
+    if len(best[1]) > 4 * limit:
+        jpg = io.BytesIO(); im.save(jpg, format='JPEG', quality=85, optimize=True)
+        if jpg.tell() < len(best[1]): best = ('image/jpeg', jpg.getvalue())
+    return best[0], base64.b64encode(best[1]).decode()
+
 def light(outputs, pairs) -> list:
     "The outputs worth keeping, with this machine's paths replaced."
     keep = []
@@ -40,6 +56,9 @@ def light(outputs, pairs) -> list:
         if 'text' in out: out['text'] = _scrub(''.join(out['text']), pairs)
         if 'data' in out:
             out['data'] = {k: (_scrub(''.join(v), pairs) if k.startswith('text/') else v) for k, v in out['data'].items()}
+            if 'image/png' in out['data']:
+                mime, b64 = small_image(''.join(out['data'].pop('image/png')).replace('\n', ''))
+                out['data'][mime] = b64
             if 'text/markdown' in out['data']: out['data'].pop('text/plain', None)   # '<IPython…Markdown object>'
             html = out['data'].get('text/html', '')
             if html and 'text/plain' in out['data']:   # keep one of the two: a table's HTML, else the plain text
@@ -70,15 +89,27 @@ def execute(path: Path, skip_slow: bool):
     tmp = path.with_name(f'.{path.name}.tmp-{os.getpid()}')
     write_nb(raw, tmp); tmp.replace(path)
 
+def shrink(path: Path):
+    "Apply `light` to the outputs a notebook already has."
+    from execnb.nbio import read_nb, write_nb
+    nb, pairs = read_nb(path), _replacements()
+    for cell in nb.cells:
+        if cell.cell_type == 'code': cell['outputs'] = light(cell.get('outputs', []), pairs)
+    tmp = path.with_name(f'.{path.name}.tmp-{os.getpid()}')
+    write_nb(nb, tmp); tmp.replace(path)
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     ap.add_argument('notebooks', nargs='*', help='chapters (default: every nbs/*.ipynb but 90_experiment, the run template)')
     ap.add_argument('--skip-slow', action='store_true', help="skip cells flagged 'slow' (they train small demo runs)")
+    ap.add_argument('--shrink-only', action='store_true', help='run nothing: only make the outputs already there light')
     a = ap.parse_args(argv)
     paths = [Path(p).resolve() for p in a.notebooks] or [p for p in sorted(NBS.glob('*.ipynb')) if p.name != '90_experiment.ipynb']
     os.environ['IN_TEST'] = '1'
     for p in paths:
-        t0 = time.time(); execute(p, a.skip_slow)
+        t0 = time.time()
+        if a.shrink_only: shrink(p)
+        else: execute(p, a.skip_slow)
         kb = p.stat().st_size / 1024
         print(f'{p.name}: executed in {time.time()-t0:.0f} s, {kb:.0f} KiB', flush=True)
 
