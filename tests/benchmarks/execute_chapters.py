@@ -67,7 +67,7 @@ def light(outputs, pairs) -> list:
     return keep
 
 def execute(path: Path, skip_slow: bool):
-    from execnb.nbio import read_nb, write_nb
+    from execnb.nbio import read_nb
     from execnb.shell import CaptureShell
     from nbdev.process import NBProcessor
     from nbdev.frontmatter import FrontmatterProc
@@ -78,25 +78,22 @@ def execute(path: Path, skip_slow: bool):
         if cell.cell_type != 'code': return True
         directives = getattr(cell, 'directives_', {}) or {}
         return 'nbdev_export(' in cell.source or bool(flags & directives.keys())
-    shell, pairs = CaptureShell(path), _replacements()
+    shell = CaptureShell(path)
     with working_directory(path.parent): shell.run_all(nb, exc_stop=True, preproc=no_eval)
     raw = read_nb(path)   # the file as it is (no directives parsed), outputs from the run
     ran = {c.get('id'): c for c in nb.cells}
     for cell in raw.cells:
-        if cell.cell_type == 'code':
-            cell['outputs'] = light(ran[cell['id']].get('outputs', []), pairs) if cell.get('id') in ran else []
-            cell['execution_count'] = None
-    tmp = path.with_name(f'.{path.name}.tmp-{os.getpid()}')
-    write_nb(raw, tmp); tmp.replace(path)
+        if cell.cell_type == 'code': cell['outputs'] = ran[cell['id']].get('outputs', []) if cell.get('id') in ran else []
+    save_light(raw, path)
 
-def shrink(path: Path):
-    "Apply `light` to the outputs a notebook already has."
-    from execnb.nbio import read_nb, write_nb
-    nb, pairs = read_nb(path), _replacements()
+def save_light(nb, path: Path):
+    "Write `nb` to `path` (atomically) with every code cell's outputs made `light` and no execution counts."
+    from execnb.nbio import write_nb
+    from reid_nb.core import atomic_path
+    pairs = _replacements()
     for cell in nb.cells:
-        if cell.cell_type == 'code': cell['outputs'] = light(cell.get('outputs', []), pairs)
-    tmp = path.with_name(f'.{path.name}.tmp-{os.getpid()}')
-    write_nb(nb, tmp); tmp.replace(path)
+        if cell.cell_type == 'code': cell['outputs'], cell['execution_count'] = light(cell.get('outputs', []), pairs), None
+    with atomic_path(path) as tmp: write_nb(nb, tmp)
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
@@ -108,9 +105,11 @@ def main(argv=None):
     os.environ['IN_TEST'] = '1'
     for p in paths:
         t0 = time.time()
-        if a.shrink_only: shrink(p)
+        if a.shrink_only:
+            from execnb.nbio import read_nb
+            save_light(read_nb(p), p)
         else: execute(p, a.skip_slow)
         kb = p.stat().st_size / 1024
-        print(f'{p.name}: executed in {time.time()-t0:.0f} s, {kb:.0f} KiB', flush=True)
+        print(f"{p.name}: {'made light' if a.shrink_only else 'executed'} in {time.time()-t0:.0f} s, {kb:.0f} KiB", flush=True)
 
 if __name__ == '__main__': main()
