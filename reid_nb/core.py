@@ -137,6 +137,9 @@ class ExperimentConfig:
     flip_test:bool|None = None        # average features of image and its mirror at test time; None: the method's paper's choice
     multi_query:str = 'mean'          # pooling of multi-query features where the dataset has them: 'mean' or 'max'
     rerank:bool|None = None           # also report k-reciprocal re-ranked results (k1=20, k2=6, λ=0.3); None: where the method's paper does
+    precision:str = 'fp32'            # 'fp32', or mixed 'bf16' / 'fp16' on CUDA GPUs (fastai's MixedPrecision)
+    channels_last:bool = False        # channels-last memory format for the model (faster convolutions on GPUs with bf16/fp16)
+    sync_bn:bool = False              # several processes: BatchNorm statistics of the global batch, not of each process's share
     num_workers:int = 0
     seed:int = 0
     device:str|None = None            # None → `default_device()`

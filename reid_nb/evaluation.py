@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from fastprogress.fastprogress import progress_bar
 from .core import check_choice
+from .distributed import is_distributed, world_size, shard_loader, gather_in_order
 
 # %% auto #0
 __all__ = ['RANKS', 'extract_features', 'euclidean_distance', 'protocol_keep', 'evaluate_ranking', 'pool_features',
@@ -40,7 +41,10 @@ def _embed(model, x:torch.Tensor) -> torch.Tensor:
 # %% ../nbs/06_evaluation.ipynb #20c65e8c
 @torch.no_grad()
 def extract_features(model, dl, flip:bool=True, device=None, progress:bool=True):
-    "Descriptors (N, D) float32 on CPU, pids and camids (int64) of every batch `(images, pids, camids)` of `dl`."
+    """Descriptors (N, D) float32 on CPU, pids and camids (int64) of every batch `(images, pids, camids)` of `dl`.
+    Under several processes each extracts its slice of `dl`'s dataset and all get every row, in order (`reid_nb.distributed`)."""
+    shard = is_distributed() and hasattr(dl, 'dataset') and len(dl.dataset) >= world_size()  # else: every process does all
+    n, dl = (len(dl.dataset), shard_loader(dl)) if shard else (None, dl)
     device = torch.device(device) if device is not None else _model_device(model)
     model.to(device)
     modes = [(m, m.training) for m in model.modules()]
@@ -66,7 +70,8 @@ def extract_features(model, dl, flip:bool=True, device=None, progress:bool=True)
     finally:
         for m, training in modes: m.training = training
     if not feats: raise ValueError("The loader yielded no batches; expected at least one (images, pids, camids) batch.")
-    return torch.cat(feats), torch.cat(pids), torch.cat(camids)
+    out = torch.cat(feats), torch.cat(pids), torch.cat(camids)
+    return out if n is None else tuple(gather_in_order(t, n) for t in out)
 
 # %% ../nbs/06_evaluation.ipynb #9736fe48
 def euclidean_distance(q, g, squared:bool=False, dtype=torch.float32) -> torch.Tensor:

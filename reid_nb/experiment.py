@@ -65,7 +65,9 @@ def validate_config(cfg:ExperimentConfig) -> ExperimentConfig:
     elif isinstance(cfg.pretrained, str) and not Path(cfg.pretrained).expanduser().is_file():
         problems.append(f"pretrained names the weights file {cfg.pretrained!r}, which does not exist; give an existing file, "
                         "'standin[:smoke|quick|cpu]', true or false.")
-    try: default_device(cfg.device)
+    try:
+        from reid_nb.distributed import check_precision
+        check_precision(cfg.precision, default_device(cfg.device))
     except ValueError as e: problems.append(str(e))
     if problems: raise ValueError('Invalid experiment configuration:\n- ' + '\n- '.join(problems))
     return cfg

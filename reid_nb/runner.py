@@ -17,6 +17,8 @@ from .recipe import get_method, method_options, build_model, build_loss, build_s
 from .train import reid_learner, fit_stages, ReIDEvalCallback, plot_training_curves, training_history
 from .evaluation import extract_features, euclidean_distance, pool_features, plot_cmc, plot_ranked_list, describe_gallery
 from .reranking import re_ranking
+from .distributed import process_device, init_distributed, precision_callbacks, distributed_training, rank_local, main_first
+from fastai.torch_core import rank_distrib
 
 # %% auto #0
 __all__ = ['Run', 'EpochLog', 'multi_query_records', 'run_experiment']
@@ -31,14 +33,17 @@ class Run:
         self.ckpt_dir = None if ckpt_dir is None else Path(ckpt_dir)
         self.method, self.options = get_method(cfg.method), method_options(cfg)
         self.choices = evaluation_choices(cfg)
-        self.device = default_device(cfg.device)
+        self.device = process_device(cfg.device)          # with several processes on CUDA: the GPU of this process
+        self.distributed = init_distributed(self.device)  # launched by torchrun / accelerate launch: join the group
+        self.is_main = rank_distrib() == 0               # rank 0 evaluates, plots and writes; the others train and extract
         self.out = Path(out_dir); self.out.mkdir(parents=True, exist_ok=True)
         self.timings, self.figures, self.results, self.per_query, self.notes = {}, [], {}, {}, {}
         self.log_path, self._t_start = self.out/'progress.log', time.time()
-        self.log_path.write_text('')  # this run's lines only (a hand run reuses its folder)
+        if self.is_main: self.log_path.write_text('')  # this run's lines only (a hand run reuses its folder)
 
     def log(self, line:str):
         "Append one line, stamped with the minutes and seconds since the run began, to `progress.log` (what `reproduce` shows)."
+        if not self.is_main: return
         m, s = divmod(int(time.time() - self._t_start), 60)
         with open(self.log_path, 'a') as f: f.write(f'{m:3d}:{s:02d}  {line}\n')
 
@@ -48,10 +53,12 @@ class Run:
         "Seed everything, read (or generate) the dataset, and set up the mask source the method's samples need."
         seed_everything(self.cfg.seed)
         t0 = time.time()
-        self.ds = load_dataset(self.cfg, progress=self.progress)
         m, c, o = self.method, self.cfg, self.options
         self.mask_source = resolve_mask_source(c, m.carries(c, o, train=True) + m.carries(c, o, train=False))
-        self.extras = mask_extras(self.ds, self.mask_source, progress=self.progress)
+        def read():  # generated or cached on disk: rank 0 first
+            ds = load_dataset(c, progress=self.progress and self.is_main)
+            return ds, mask_extras(ds, self.mask_source, progress=self.progress and self.is_main)
+        self.ds, self.extras = main_first(read)
         self._timed('data', t0)
         ds = self.ds
         self.log(f'data: {ds.name}, {len(ds.train)} training images of {ds.num_train_pids} ids, {len(ds.query)} queries, '
@@ -63,24 +70,27 @@ class Run:
         c, ds = self.cfg, self.ds
         recipe = self.method.recipe(c, self.options)
         test_extras = self.extras if self.method.carries(c, self.options, train=False) != ('image',) else None
-        self.dls = build_dataloaders(ds, c, extras=self.extras, recipe=recipe, eval_extras=test_extras)
+        self.dls = build_dataloaders(ds, c, extras=self.extras, recipe=recipe, eval_extras=test_extras, device=self.device)
         self.query_dl = eval_dataloader(ds.query, c, extras=test_extras, recipe=recipe)
         self.gallery_dl = eval_dataloader(ds.gallery, c, extras=test_extras, recipe=recipe)
         self.recipe_, self.test_extras = recipe, test_extras
-        self.model = build_model(c, ds.num_train_pids)
+        self.model = main_first(build_model, c, ds.num_train_pids)   # rank 0 pretrains the stand-in weights if not cached
         self.eval_cb = ReIDEvalCallback(self.query_dl, self.gallery_dl, every=max(1, c.epochs // 2), flip=self.choices['flip_test'],
                                         evaluate_fn=self.evaluate_distances)
         self.stages = build_stages(c)
         n_epochs = sum(s.epochs or c.epochs for s in self.stages)
-        self.learn = reid_learner(self.dls, self.model, c, cbs=[self.eval_cb, SamplerEpoch(), EpochLog(self.log, n_epochs)],
-                                  loss_func=build_loss(c))
-        self.log(f'model: {c.backbone} for {self.method.name}; training {n_epochs} epoch(s) in {len(self.stages)} stage(s) on {self.device}')
+        self.learn = reid_learner(self.dls, self.model, c, cbs=[self.eval_cb, SamplerEpoch(), EpochLog(self.log, n_epochs)]
+                                  + precision_callbacks(c, self.device), loss_func=build_loss(c))
+        where = f'{self.device} × {torch.distributed.get_world_size()} processes' if self.distributed else f'{self.device}'
+        self.log(f'model: {c.backbone} for {self.method.name}; training {n_epochs} epoch(s) in {len(self.stages)} stage(s) on {where}'
+                 + ('' if c.precision == 'fp32' else f', {c.precision} mixed precision'))
         return self.learn
 
     def train(self):
         "Train through the method's stages (resuming from `ckpt_dir` when given)."
         t0 = time.time()
-        fit_stages(self.learn, self.cfg, self.stages, ckpt_dir=self.ckpt_dir)
+        with distributed_training(self.learn, sync_bn=self.cfg.sync_bn):   # one process: nothing changes
+            fit_stages(self.learn, self.cfg, self.stages, ckpt_dir=self.ckpt_dir)
         self._timed('train', t0)
         return self.learn
 
@@ -130,12 +140,13 @@ def _evaluate(self:Run):
     gf, self.g_pids, self.g_camids = extract_features(model, self.gallery_dl, flip=flip, device=self.device, progress=self.progress)
     ev = lambda d: self.evaluate_distances(d, self.q_pids, self.g_pids, self.q_camids, self.g_camids)
     self.distmat, self.main = euclidean_distance(qf, gf), protocol_name(ds.protocol)
-    raw = {self.main: ev(self.distmat)}
+    raw = {self.main: ev(self.distmat)} if self.is_main else {}
     if ds.has_multi_query:
         recs, owner = multi_query_records(ds)
         mf, _, _ = extract_features(model, eval_dataloader(recs, c, extras=self.test_extras, recipe=self.recipe_), flip=flip,
                                     device=self.device, progress=self.progress)
-        raw['multi query'] = ev(euclidean_distance(pool_features(mf, owner, n_queries=len(ds.query), how=c.multi_query), gf))
+        if self.is_main: raw['multi query'] = ev(euclidean_distance(pool_features(mf, owner, n_queries=len(ds.query), how=c.multi_query), gf))
+    if not self.is_main: return self.results   # the other processes only helped extract the features
     if self.choices['rerank']: raw[f'{self.main} + re-ranking'] = ev(re_ranking(qf, gf))
     for name, part in (self.method.descriptors(c, self.options) if self.method.descriptors else {}).items():
         raw[name] = ev(euclidean_distance(part(qf), part(gf)))
@@ -174,9 +185,10 @@ Run.plot_training, Run.plot_cmc, Run.plot_ranked_list = _plot_training, _plot_cm
 def _method_figures(self:Run, when:str):
     "The method's own figures (`Method.figures`), `when` = 'before' (after `build`) or 'after' (after `evaluate`); their file names."
     check_choice('when', when, ('before', 'after'))
-    if self.method.figures is None: return []
+    if self.method.figures is None or not self.is_main: return []
     n = len(self.figures)
-    self.method.figures(self, when); plt.close('all')
+    with rank_local(): self.method.figures(self, when)   # rank 0 alone: no collective feature extraction
+    plt.close('all')
     return self.figures[n:]
 Run.method_figures = _method_figures
 
@@ -207,6 +219,7 @@ def run_experiment(cfg:ExperimentConfig, out_dir, preset:str='custom', ckpt_dir=
     run.load_data(); run.build()
     if figures: run.method_figures('before')
     run.train(); run.evaluate()
+    if not run.is_main: return None   # several processes: rank 0 plots and writes the record
     if figures:
         for plot in (run.plot_training, run.plot_cmc, run.plot_ranked_list): plt.close(plot())
         run.method_figures('after')

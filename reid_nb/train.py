@@ -20,7 +20,7 @@ from fastai.callback.schedule import ParamScheduler  # also adds Learner.fit_one
 from fastai.data.core import DataLoaders
 from fastai.learner import Learner, save_model, load_model
 from fastai.optimizer import Adam, SGD
-from fastai.torch_core import get_model, rank_distrib
+from fastai.torch_core import get_model, rank_distrib, distrib_barrier
 from .core import check_choice, default_device, atomic_path, write_json_atomic
 from .losses import WeightedLoss, baseline_terms
 from .evaluation import extract_features, euclidean_distance, evaluate_ranking
@@ -114,7 +114,7 @@ class ReIDEvalCallback(Callback):
         if not getattr(self, '_trained', False): return  # not an epoch of fit (e.g. get_preds) or a skipped one
         self._trained = False
         due = (self.epoch + 1) % self.every == 0 or self.epoch == self.n_epoch - 1
-        row = self.evaluate() if due and rank_distrib() == 0 else None
+        row = self.evaluate() if due else None   # every process extracts its share of the features; rank 0 scores them
         if hasattr(self.learn, 'recorder'): self.recorder.log += [row.get(c, '') if row else '' for c in self.columns]
 
     def evaluate(self) -> dict:
@@ -122,6 +122,7 @@ class ReIDEvalCallback(Callback):
         model = get_model(self.learn.model)
         qf, qp, qc = extract_features(model, self.query_dl, flip=self.flip, progress=self.progress)
         gf, gp, gc = extract_features(model, self.gallery_dl, flip=self.flip, progress=self.progress)
+        if rank_distrib(): return {}    # the metrics are rank 0's to compute
         res = (self.evaluate_fn or evaluate_ranking)(euclidean_distance(qf, gf), qp, gp, qc, gc)  # the run's protocol
         epoch = int(getattr(self, 'epoch', -1)) + getattr(self.learn, 'epoch_offset', 0)
         row = {'epoch': epoch, **{k: float(res[k]) for k in ('rank1', 'rank5', 'rank10', 'mAP', 'mINP') if k in res}}
@@ -192,6 +193,7 @@ class ReIDCheckpointCallback(Callback):
         self._trained = False
         if (self.epoch + 1) % self.every == 0 or self.epoch == self.n_epoch - 1:
             self.saved.append(save_checkpoint(self.learn, self.ckpt_dir, self.epoch, self.keep))
+            distrib_barrier()  # several processes: none goes on (or can be killed and resume) before rank 0 has written it
 
 # %% ../nbs/07_train.ipynb #03658729
 OPTIMIZERS = {'adam': partial(Adam, decouple_wd=False), 'sgd': partial(SGD, mom=0.9, decouple_wd=False)}

@@ -18,11 +18,12 @@ from PIL import Image
 import matplotlib.pyplot as plt
 from fastai.data.core import DataLoaders
 from fastai.callback.core import Callback
+from fastai.torch_core import rank_distrib, num_distrib
 from ..core import ExperimentConfig, default_device
 from .market import Record, ReIDDataset
 
 # %% auto #0
-__all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'COCO_FLIP_INDEX', 'denormalize', 'PKSampler', 'RandomHorizontalFlipSwap',
+__all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'COCO_FLIP_INDEX', 'denormalize', 'Draw', 'PKSampler', 'RandomHorizontalFlipSwap',
            'MaskSizeError', 'ReIDTransform', 'show_sample', 'read_image', 'SampleRecipe', 'apply_recipe', 'ReIDImages',
            'ReIDDataLoader', 'eval_dataloader', 'build_dataloaders', 'SamplerEpoch', 'show_pk_batch']
 
@@ -36,11 +37,25 @@ def denormalize(x:torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.T
     return (x.detach().cpu().float()*s + m).clamp(0, 1)
 
 # %% ../../nbs/03_data.pipeline.ipynb #d4e7911e
+class Draw(int):
+    "A dataset index that carries the seed of its augmentations (what `PKSampler` yields and `ReIDImages` reads)."
+    def __new__(cls, index:int, seed:int):
+        d = super().__new__(cls, index); d.seed = int(seed); return d
+    def __reduce__(self): return (Draw, (int(self), self.seed))  # to loader workers intact
+    def __repr__(self): return f'Draw({int(self)}, seed={self.seed})'
+
 class PKSampler(Sampler):
-    "Indices whose consecutive chunks of `P*K` are P identities × K images (identity-major), reseeded per epoch."
-    def __init__(self, pids:Sequence[int], P:int, K:int, seed:int=0):
+    """Indices whose consecutive chunks of `P*K` are P identities × K images (identity-major), reseeded per epoch.
+    With `world_size` > 1, this process's share of each batch: identities `rank*P/world_size …` of it, whole."""
+    def __init__(self, pids:Sequence[int], P:int, K:int, seed:int=0, rank:int=0, world_size:int=1):
         self.pids, self.P, self.K, self.seed, self.epoch = [int(p) for p in pids], int(P), int(K), int(seed), 0
+        self.rank, self.world_size = int(rank), int(world_size)
         if self.P < 1 or self.K < 1: raise ValueError(f"PKSampler needs P ≥ 1 and K ≥ 1, got P={P}, K={K}.")
+        if not 0 <= self.rank < self.world_size: raise ValueError(f"rank must lie in 0…{self.world_size - 1} (world_size {self.world_size}), got {rank}.")
+        if self.P % self.world_size:
+            raise ValueError(f"P={self.P} identities per batch cannot be shared out over {self.world_size} processes: each process "
+                             f"takes whole identities, so P must be a multiple of {self.world_size} (e.g. P={self.P // self.world_size * self.world_size or self.world_size} "
+                             f"or {(self.P // self.world_size + 1) * self.world_size}).")
         self.index = defaultdict(list)
         for i,p in enumerate(self.pids): self.index[p].append(i)
         self.ids = sorted(self.index)
@@ -49,7 +64,7 @@ class PKSampler(Sampler):
                              f"lower P (or use a larger dataset).")
         self.num_batches = max(1, len(self.pids) // (self.P*self.K))
 
-    def __len__(self): return self.num_batches*self.P*self.K
+    def __len__(self): return self.num_batches*self.P*self.K // self.world_size
     def set_epoch(self, epoch:int): self.epoch = int(epoch)
 
     def _groups(self, rng, pid) -> list[np.ndarray]:
@@ -62,9 +77,9 @@ class PKSampler(Sampler):
         if r: groups.append(np.concatenate([idx[-r:], rng.choice(idx[:-r], K - r, replace=False)]))
         return groups
 
-    def __iter__(self):
-        rng = np.random.default_rng([self.seed, self.epoch])
-        self.epoch += 1
+    def global_order(self, epoch:int) -> list[int]:
+        "Every process's indices of `epoch`, batch after batch: what a single process draws."
+        rng = np.random.default_rng([self.seed, epoch])
         left = {p: self._groups(rng, p) for p in self.ids}
         out = []
         for _ in range(self.num_batches):
@@ -74,7 +89,15 @@ class PKSampler(Sampler):
             avail = [p for p in self.ids if left[p]]
             w = np.array([len(left[p]) for p in avail], dtype=float)
             for p in rng.choice(avail, self.P, replace=False, p=w/w.sum()): out.extend(left[p].pop().tolist())
-        return iter(out)
+        return out
+
+    def __iter__(self):
+        order, B = self.global_order(self.epoch), self.P*self.K
+        seeds = np.random.default_rng([self.seed, self.epoch, 11]).integers(2**62, size=len(order))  # one per position
+        self.epoch += 1
+        b = B // self.world_size
+        mine = [n*B + self.rank*b + j for n in range(self.num_batches) for j in range(b)]
+        return iter([Draw(order[k], seeds[k]) for k in mine])
 
 # %% ../../nbs/03_data.pipeline.ipynb #449ff5a7
 COCO_FLIP_INDEX = [0, 2, 1, 4, 3, 6, 5, 8, 7, 10, 9, 12, 11, 14, 13, 16, 15]  # nose, eyes, ears, shoulders, elbows, wrists, hips, knees, ankles
@@ -223,6 +246,12 @@ class ReIDImages(Dataset):
     def __len__(self): return len(self.records)
 
     def __getitem__(self, i):
+        if getattr(i, 'seed', None) is None: return self._get(i)
+        with torch.random.fork_rng(devices=[]):  # a `Draw`: this item's augmentations from its own seed
+            torch.manual_seed(i.seed)
+            return self._get(int(i))
+
+    def _get(self, i):
         r = self.records[i]
         extra = self.extras(r) if self.extras is not None else {}
         unknown = set(extra) - {'mask', 'keypoints', 'part_map'}
@@ -267,13 +296,15 @@ def eval_dataloader(records:Sequence[Record], cfg:ExperimentConfig, batch_size:i
                           **_loader_kwargs(cfg, default_device(cfg.device)))
 
 def build_dataloaders(dataset:ReIDDataset, cfg:ExperimentConfig, extras:Callable|None=None, recipe:SampleRecipe|None=None,
-                      eval_extras:Callable|None=None) -> DataLoaders:
-    "fastai `DataLoaders`: train = PK batches `(images, pids[, targets])`, valid = query + gallery `(images, pids, camids)`."
-    device = default_device(cfg.device)
+                      eval_extras:Callable|None=None, device=None) -> DataLoaders:
+    """fastai `DataLoaders`: train = PK batches `(images, pids[, targets])`, valid = query + gallery `(images, pids, camids)`.
+    Launched as several processes (`WORLD_SIZE` > 1), the train loader serves this process's share of each batch."""
+    device = torch.device(device) if device is not None else default_device(cfg.device)
     tfm = ReIDTransform(cfg.img_size, train=True, erase_p=cfg.random_erasing)
-    sampler = PKSampler([r.pid for r in dataset.train], cfg.P, cfg.K, seed=cfg.seed)
+    rank, world = rank_distrib(), max(1, num_distrib())
+    sampler = PKSampler([r.pid for r in dataset.train], cfg.P, cfg.K, seed=cfg.seed, rank=rank, world_size=world)
     train = ReIDDataLoader(ReIDImages(dataset.train, tfm, extras=extras, recipe=recipe, with_targets=True),
-                           batch_size=cfg.batch_size, sampler=sampler,
+                           batch_size=cfg.batch_size // world, sampler=sampler,
                            drop_last=True, **_loader_kwargs(cfg, device))
     valid = eval_dataloader(dataset.query + dataset.gallery, cfg, extras=eval_extras if recipe is not None else extras, recipe=recipe)
     dls = DataLoaders(train, valid, device=device)
@@ -283,8 +314,8 @@ def build_dataloaders(dataset:ReIDDataset, cfg:ExperimentConfig, extras:Callable
 # %% ../../nbs/03_data.pipeline.ipynb #61d23398
 class SamplerEpoch(Callback):
     """Before each training epoch, from the run's seed and the epoch counted across stages: the sampler's epoch
-    (`PKSampler.set_epoch`) and fresh seeds for the augmentations. A run resumed from a checkpoint then draws exactly
-    what an uninterrupted run draws (with `num_workers=0`; persistent workers keep their own generators)."""
+    (`PKSampler.set_epoch`), whose `Draw`s seed each item's augmentations, and a fresh seed for anything else random.
+    A run resumed from a checkpoint then draws exactly what an uninterrupted run draws."""
     order = -5
     def before_train(self):
         epoch = getattr(self.learn, 'epoch_offset', 0) + self.epoch
@@ -292,7 +323,7 @@ class SamplerEpoch(Callback):
         if hasattr(s, 'set_epoch'): s.set_epoch(epoch)
         seed = getattr(getattr(self.learn, 'reid_cfg', None), 'seed', getattr(s, 'seed', 0))
         g = int(np.random.default_rng([seed, epoch, 7]).integers(2**62))
-        torch.manual_seed(g)                                                            # this process's augmentations
+        torch.manual_seed(g)                                                            # this process's other draws
         if isinstance(getattr(dl, 'generator', None), torch.Generator): dl.generator.manual_seed(g)  # workers' seeds
 
 # %% ../../nbs/03_data.pipeline.ipynb #7fcdfb23
