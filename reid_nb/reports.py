@@ -4,7 +4,8 @@
 
 # %% ../nbs/09_reports.ipynb #0a3566ee
 from __future__ import annotations
-import contextlib, html, json, os, re, shutil, threading, time, datetime
+import contextlib, html, json, os, re, shutil, subprocess, sys, tempfile, threading, time, datetime
+from fastai.torch_core import rank_distrib
 from pathlib import Path
 import pandas as pd
 import reid_nb
@@ -14,8 +15,8 @@ from .pretrain import standin_budget, standin_weights
 
 # %% auto #0
 __all__ = ['notebooks_dir', 'render_html', 'follow', 'clear_leftovers', 'RunFailed', 'execute_run', 'minutes', 'results_table',
-           'write_index', 'runs_for', 'plan_runs', 'cached_record', 'resume_point', 'dry_run', 'seed_replicates',
-           'check_data', 'check_weights', 'reproduce']
+           'write_index', 'job_slots', 'planned_run', 'needs_runs', 'run_one', 'fan_out', 'runs_for', 'plan_runs',
+           'cached_record', 'resume_point', 'dry_run', 'seed_replicates', 'check_data', 'check_weights', 'reproduce']
 
 # %% ../nbs/09_reports.ipynb #6e011629
 def notebooks_dir() -> Path:
@@ -82,6 +83,12 @@ def execute_run(preset:str, name:str, overrides:dict, out_dir, progress:bool=Tru
     import papermill as pm
     run_dir = Path(out_dir)/'runs'/name
     nb_in = notebooks_dir()/'90_experiment.ipynb'
+    params = dict(preset=preset, config=overrides, out_dir='.', ckpt_dir=None if ckpt_dir is None else str(Path(ckpt_dir).resolve()))  # cwd is the run folder
+    if rank_distrib():   # another process of a multi-process run: it trains and extracts with rank 0, which writes the run folder
+        with tempfile.TemporaryDirectory() as tmp:
+            pm.execute_notebook(str(nb_in), str(Path(tmp)/f'{name}.ipynb'), kernel_name='python3', cwd=tmp, progress_bar=False,
+                                parameters=params, execution_timeout=timeout, extra_arguments=list(_QUIET_KERNEL))
+        return run_dir
     clear_leftovers(run_dir)
     with atomic_path(run_dir) as tmp:
         tmp.mkdir(parents=True)
@@ -90,8 +97,7 @@ def execute_run(preset:str, name:str, overrides:dict, out_dir, progress:bool=Tru
         try:
             with follow(tmp/'progress.log', show=progress):
                 pm.execute_notebook(str(nb_in), str(nb_out), kernel_name='python3', cwd=str(tmp), progress_bar=False,
-                                    parameters=dict(preset=preset, config=overrides, out_dir='.', ckpt_dir=None if ckpt_dir is None else str(Path(ckpt_dir).resolve())),  # cwd is the run folder
-                                    execution_timeout=timeout, extra_arguments=list(_QUIET_KERNEL))
+                                    parameters=params, execution_timeout=timeout, extra_arguments=list(_QUIET_KERNEL))
         except Exception as e:  # a cell's error, a timeout, a dead kernel: keep the notebook, say what happened
             if nb_out.exists():
                 with atomic_path(failed) as f: nb_out.replace(f)
@@ -198,6 +204,100 @@ preset is <code>paper</code> — each with a 95 % bootstrap interval over test q
 <h2>Executed notebooks</h2><ul>{links}</ul>
 </body></html>"""
     return write_text_atomic(out_dir/'index.html', page)
+
+# %% ../nbs/09_reports.ipynb #70257728
+def job_slots(jobs:int) -> list[dict]:
+    "The environment of each of `jobs` runs at once: one visible GPU each, or on a machine without one, a share of its cores."
+    import torch
+    if not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1: raise ValueError(f"--jobs must be a positive integer, got {jobs!r}.")
+    n_gpu = torch.cuda.device_count()
+    if n_gpu:
+        if jobs > n_gpu:
+            raise ValueError(f"--jobs {jobs} asks for {jobs} runs at once, one per device, but {n_gpu} GPU(s) are visible here; "
+                             f"use --jobs {n_gpu} or fewer, or make more GPUs visible (CUDA_VISIBLE_DEVICES).")
+        ids = (os.environ.get('CUDA_VISIBLE_DEVICES') or ','.join(map(str, range(n_gpu)))).split(',')
+        return [{'CUDA_VISIBLE_DEVICES': ids[k]} for k in range(jobs)]
+    cores = os.cpu_count() or 1
+    if jobs > cores:
+        raise ValueError(f"--jobs {jobs} asks for {jobs} runs at once, one per device, but this machine has no GPU and {cores} CPU "
+                         f"core(s), each counted as one device; use --jobs {cores} or fewer.")
+    threads = os.environ.get('OMP_NUM_THREADS') or str(max(1, cores // jobs))
+    return [{'OMP_NUM_THREADS': threads}] * jobs
+
+def planned_run(preset:str, name:str, out, overrides:dict|None=None, seeds:int=1) -> tuple[str, dict, Path]:
+    "`(name, overrides, checkpoint folder)` of run `name` as `reproduce` plans it; a clear error for a key that is not a run of `preset`."
+    import difflib
+    root = Path(out)/'checkpoints'
+    runs = plan_runs(preset, None, overrides or {}, root) + seed_replicates(preset, None, overrides or {}, root, seeds)
+    for r in runs:
+        if r[0] == name: return r
+    near = difflib.get_close_matches(name, [r[0] for r in runs], n=1)
+    raise ValueError(f"Unknown run key {name!r} for preset {preset!r}." + (f" Did you mean {near[0]!r}?" if near else '')
+                     + f" `reid_nb reproduce --preset {preset} --dry-run` lists the keys (its `run` column), what each feeds, and which are done.")
+
+def needs_runs(name:str) -> list[str]:
+    "The runs whose stages run `name` starts from (a seed replicate: those runs' replicates of the same seed)."
+    from reid_nb.tables import SEED_SEP, seed_name
+    base, _, k = name.partition(SEED_SEP)
+    return [seed_name(other, int(k or 0)) for other, _ in run_reuse(base).values()]
+
+def run_one(preset:str, name:str, out='reports', overrides:dict|None=None, seeds:int=1, progress:bool=True, force:bool=False) -> Path:
+    "Run `name` of `preset` alone into `out`: the run folder and checkpoints `reproduce` uses, so that it reuses the result."
+    check_choice('preset', preset, PRESETS)
+    progress = progress and rank_distrib() == 0       # several processes: rank 0 speaks for them
+    out = Path(out); name, o, ckpt = planned_run(preset, name, out, overrides, seeds)
+    check_data(preset, [(name, o, ckpt)]); check_weights(preset, [(name, o, ckpt)])
+    for other in needs_runs(name):
+        _, oo, _ = planned_run(preset, other, out, overrides, seeds)
+        if cached_record(out/'runs'/other, get_preset(preset, **oo).to_dict(), preset)[0] is None:
+            raise FileNotFoundError(f"Run {name!r} starts from a stage of run {other!r}, which has not finished in {out}: run it "
+                                    f"first (`reid_nb run {other} --preset {preset} --out {out}`), or let `reid_nb reproduce` order them.")
+    rec, why = (None, 'forced') if force else cached_record(out/'runs'/name, get_preset(preset, **o).to_dict(), preset)
+    if rec is not None:
+        if progress: print(f'{name}: reused ({why})', flush=True)
+        return out/'runs'/name
+    if rank_distrib() == 0:
+        if force and ckpt.exists(): shutil.rmtree(ckpt)
+        elif (where := resume_point(ckpt)): why += f'; {where}'
+    c = get_preset(preset, **o)
+    if standin_budget(c.pretrained) and os.environ.get('WORLD_SIZE', '1') == '1':
+        standin_weights(c.backbone, standin_budget(c.pretrained), progress=progress)   # several processes: rank 0's kernel does it
+    if progress: print(f'{name}: computing ({why})', flush=True)
+    t0 = time.time(); run_dir = execute_run(preset, name, o, out, progress=progress, ckpt_dir=ckpt)
+    if progress: print(f"{name}: done in {time.time()-t0:.0f} s — {_done_line(RunRecord.load(run_dir))}", flush=True)
+    return run_dir
+
+def fan_out(preset:str, runs, out, slots:list[dict], overrides:dict, seeds:int=1, progress:bool=True, force:bool=False) -> list[str]:
+    "Compute the unfinished `runs` (all when `force`), one `reid_nb run` process per slot at a time; the names computed."
+    out = Path(out); logs = out/'logs'; logs.mkdir(parents=True, exist_ok=True)
+    todo = [n for n, o, _ in runs if force or cached_record(out/'runs'/n, get_preset(preset, **o).to_dict(), preset)[0] is None]
+    waiting, running, done, failed, free = list(todo), {}, [], {}, list(range(len(slots)))
+    where = lambda s: ', '.join(f'{k}={v}' for k, v in slots[s].items())
+    while waiting or running:
+        for n in list(waiting):
+            deps = [d for d in needs_runs(n) if d in todo]
+            if any(d in failed for d in deps): waiting.remove(n); failed[n] = f'not run: it needs {", ".join(deps)}, which failed'; continue
+            if not free or any(d not in done for d in deps): continue
+            s = free.pop(0); waiting.remove(n)
+            cmd = [sys.executable, '-m', 'reid_nb.cli', 'run', n, '--preset', preset, '--out', str(out), '--seeds', str(seeds),
+                   '--overrides-json', json.dumps(overrides)] + (['--force'] if force else [])
+            log = open(logs/f'{n}.log', 'w')
+            running[n] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **slots[s]}), s, log, time.time())
+            if progress: print(f'{n}: started ({where(s)}; log {logs/f"{n}.log"})', flush=True)
+        for n, (proc, s, log, t0) in list(running.items()):
+            if proc.poll() is None: continue
+            log.close(); free.append(s); del running[n]
+            if proc.returncode == 0 and (out/'runs'/n/'metrics.json').exists():
+                done.append(n)
+                if progress: print(f'{n}: done in {time.time()-t0:.0f} s — {_done_line(RunRecord.load(out/"runs"/n))}', flush=True)
+            else:
+                failed[n] = (logs/f'{n}.log').read_text()[-1500:]
+                if progress: print(f'{n}: failed (exit status {proc.returncode}; log {logs/f"{n}.log"})', flush=True)
+        time.sleep(0.2)
+    if failed:
+        raise RunFailed(f"{len(failed)} of {len(todo)} run(s) failed: " + '; '.join(failed) + '.\n\n'
+                        + '\n\n'.join(f'--- {n} ---\n{why}' for n, why in failed.items()))
+    return done
 
 # %% ../nbs/09_reports.ipynb #ab45f4e7
 def runs_for(preset:str, tables:list[str]|None=None, only:list[str]|None=None) -> list[str]|None:
@@ -306,10 +406,18 @@ def check_weights(preset:str, runs):
                                 "reid_nb.masking.save_mra) and give its path as mask_source='light_mra:<path>', or use "
                                 "mask_source=ground_truth on the SynthReID analogs.")
 
+def _done_line(rec:RunRecord) -> str:
+    "What a finished run printed: its rank-1 and mAP (or why there is no mAP)."
+    m = rec.metrics; mAP = m.get('mAP')
+    return (f"rank-1 {100*m['rank1']:.1f}%" + (f", mAP {100*mAP:.1f}%" if mAP is not None and mAP == mAP else ' (no mAP under this protocol)'))
+
 def reproduce(preset:str='smoke', out='reports', only:list[str]|None=None, overrides:dict|None=None,
-              progress:bool=True, tables:list[str]|None=None, force:bool=False, dry:bool=False, seeds:int=1) -> Path|pd.DataFrame:
-    "Run every experiment of `preset` (or those `tables` need; with config `overrides`) through papermill into `out`; return `index.html`."
+              progress:bool=True, tables:list[str]|None=None, force:bool=False, dry:bool=False, seeds:int=1,
+              jobs:int=1) -> Path|pd.DataFrame:
+    """Run every experiment of `preset` (or those `tables` need; with config `overrides`) through papermill into `out`; return `index.html`.
+    With `jobs` > 1, that many runs at once, each in its own `reid_nb run` process on its own device (`fan_out`)."""
     check_choice('preset', preset, PRESETS)
+    slots = job_slots(jobs)   # --jobs beyond the devices: an error now
     only = runs_for(preset, tables, only)
     overrides = overrides or {}
     if 'name' in overrides: raise ValueError("Runs are named by the preset (see experiments_for); drop 'name' from the overrides.")
@@ -319,13 +427,15 @@ def reproduce(preset:str='smoke', out='reports', only:list[str]|None=None, overr
     if dry: return dry_run(preset, runs, out)
     for backbone, budget in dict.fromkeys((c.backbone, standin_budget(c.pretrained)) for c in (get_preset(preset, **o) for _, o, _ in runs)):
         if budget: standin_weights(backbone, budget, progress=progress)  # once, before any run: every run then loads it
+    computed = fan_out(preset, runs, out, slots, overrides, seeds, progress=progress, force=force) if jobs > 1 else []
+    force = force and jobs == 1                 # fanned out: every run is finished now, forced ones included
     records, status = [], {}
     for i, (name, overrides, ckpt) in enumerate(runs):
         step = f'[{i+1}/{len(runs)}] {name}'
         rec, why = (None, 'forced') if force else cached_record(out/'runs'/name, get_preset(preset, **overrides).to_dict(), preset)
         if rec is not None:
-            records.append(rec); status[name] = 'reused'
-            if progress: print(f'{step}: reused ({why})', flush=True)
+            records.append(rec); status[name] = 'computed now' if name in computed else 'reused'
+            if progress and name not in computed: print(f'{step}: reused ({why})', flush=True)
             continue
         if force and ckpt.exists(): shutil.rmtree(ckpt)   # --force: train again from the start, not from the checkpoints
         elif (where := resume_point(ckpt)): why += f'; {where}'
@@ -333,9 +443,7 @@ def reproduce(preset:str='smoke', out='reports', only:list[str]|None=None, overr
         t0 = time.time()
         records.append(RunRecord.load(execute_run(preset, name, overrides, out, progress=progress, ckpt_dir=ckpt)))
         status[name] = 'computed now'
-        m = records[-1].metrics; mAP = m.get('mAP')
-        if progress: print(f"{step}: done in {time.time()-t0:.0f} s — rank-1 {100*m['rank1']:.1f}%"
-                           + (f", mAP {100*mAP:.1f}%" if mAP is not None and mAP == mAP else ' (no mAP under this protocol)'), flush=True)
+        if progress: print(f"{step}: done in {time.time()-t0:.0f} s — {_done_line(records[-1])}", flush=True)
     done = {r.name for r in records}  # runs of this preset from earlier invocations (e.g. with `only`) stay listed
     for n, _ in experiments_for(preset):
         if n in done or not (out/'runs'/n/'metrics.json').exists(): continue

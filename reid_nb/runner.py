@@ -26,6 +26,12 @@ __all__ = ['Run', 'EpochLog', 'multi_query_records', 'run_experiment']
 # %% ../nbs/08b_runner.ipynb #ac0012c0
 _KEEP = ('rank1', 'rank5', 'rank10', 'rank20', 'mAP', 'mAP_trapezoid', 'mINP', 'cmc', 'ci95', 'num_valid_queries')
 
+def _main_only(f):
+    "A step of rank 0 alone (figures, summary, record); the other processes of a multi-process run skip it."
+    def g(self, *args, **kwargs): return f(self, *args, **kwargs) if self.is_main else None
+    g.__name__, g.__doc__ = f.__name__, f.__doc__
+    return g
+
 class Run:
     "One run of `cfg` into `out_dir`: call `load_data`, `build`, `train`, `evaluate`, the figures and `record` in order."
     def __init__(self, cfg:ExperimentConfig, out_dir, preset:str='custom', ckpt_dir=None, progress:bool=True):
@@ -159,6 +165,7 @@ def _evaluate(self:Run):
     return self.results
 Run.evaluate = _evaluate
 
+@_main_only
 def _summary(self:Run) -> str:
     "One line per evaluation: rank-1 and mAP (%) with intervals, and the chance level."
     fmt = lambda r, k: (f"{100*r[k]:.1f}%" + (f" [{100*r['ci95'][k][0]:.1f}, {100*r['ci95'][k][1]:.1f}]" if k in r.get('ci95', {}) else '')
@@ -174,8 +181,11 @@ def _save_figure(self:Run, fig, name:str):
     return fig
 Run.save_figure = _save_figure
 
+@_main_only
 def _plot_training(self:Run): return self.save_figure(plot_training_curves(self.learn, title=self.cfg.name), 'training_curves')
+@_main_only
 def _plot_cmc(self:Run): return self.save_figure(plot_cmc({f'{self.cfg.name}, {k}': r['cmc'] for k, r in self.results.items()}), 'cmc')
+@_main_only
 def _plot_ranked_list(self:Run, n_queries:int=4, topk:int=10):
     ds = self.ds
     return self.save_figure(plot_ranked_list([r.path for r in ds.query], [r.path for r in ds.gallery], self.distmat, self.q_pids,
@@ -200,6 +210,7 @@ def _recipe_summary(self:Run) -> dict:
                 terms=terms, stages=[asdict(s) for s in self.stages], mask_source=self.mask_source, notes=self.notes, **self.choices)
 Run.recipe_summary = _recipe_summary
 
+@_main_only
 def _record(self:Run) -> RunRecord:
     "Write `metrics.json` (the `RunRecord`) into the output folder and return it."
     ds = self.ds

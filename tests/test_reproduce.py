@@ -265,3 +265,43 @@ def test_seeds_repeat_every_run_with_its_own_training_seed(tmp_path):
     assert {r['run'] for r in json.loads((out/'results.json').read_text())['runs']} == {'baseline', 'baseline~seed1'}
     bad = run_cli('reproduce', '--preset', 'smoke', '--seeds', '2', '--set', 'seed=3')
     assert bad.returncode == 2 and "drop 'seed'" in bad.stderr, bad.stderr
+
+
+def test_jobs_2_gives_the_results_of_jobs_1_and_the_next_reproduce_reuses_them(tmp_path):
+    """The smoke preset's four runs (shortened: one epoch at 64×32),
+    two at a time, each in its own `reid_nb run` process: the same results.json as one at a time, times aside. Both at one
+    thread per run: a CPU adds up floats in an order that depends on the thread count, and training amplifies the
+    last-digit differences (see tests/test_distributed.py)."""
+    import os
+    env = dict(os.environ, OMP_NUM_THREADS='1')
+    short = ['epochs=1', 'height=64', 'width=32']
+    args = ['reproduce', '--preset', 'smoke', '--set', *short]
+    res = {}
+    for jobs in (1, 2):
+        res[jobs] = subprocess.run([REID_NB, *args, '--jobs', str(jobs), '--out', str(tmp_path/f'j{jobs}')], env=env,
+                                   capture_output=True, text=True, timeout=1200)
+        assert res[jobs].returncode == 0, res[jobs].stdout[-3000:] + res[jobs].stderr[-3000:]
+    out = res[2].stdout
+    for name in ('baseline', 'mmga-market', 'mgran-market', 'fmn-market'):
+        assert f'{name}: started (OMP_NUM_THREADS=1; log ' in out and f'{name}: done in ' in out, out
+    starts = [l.split(':')[0] for l in out.splitlines() if ': started (' in l]
+    assert starts == ['baseline', 'mmga-market', 'mgran-market', 'fmn-market'], out   # in plan order, two at a time
+    one, two = (json.loads((tmp_path/f'j{j}'/'results.json').read_text()) for j in (1, 2))
+    assert [r['run'] for r in one['runs']] == [r['run'] for r in two['runs']]
+    assert _without_times(one) == _without_times(two)
+    assert (tmp_path/'j2'/'index.html').read_text().count('<td>computed now</td>') == 4
+    again = run_cli('run', 'fmn-market', '--set', *short, '--out', str(tmp_path/'j2'))   # one key alone: cached already
+    assert again.returncode == 0 and 'fmn-market: reused (finished earlier with this configuration)' in again.stdout, again.stdout + again.stderr
+    assert not leftovers(tmp_path/'j2')
+
+
+def test_bad_scale_out_input():
+    import os
+    cores = os.cpu_count()
+    res = run_cli('reproduce', '--jobs', str(cores + 1), '--dry-run')
+    assert res.returncode == 2 and f'--jobs {cores + 1} asks for {cores + 1} runs at once' in res.stderr and f'{cores} CPU core(s)' in res.stderr, res.stderr
+    res = run_cli('reproduce', '--set', 'precision=fp16', '--dry-run')
+    assert res.returncode == 2 and "precision='fp16' is not available on cpu: this device supports fp32" in res.stderr, res.stderr
+    res = run_cli('run', 'mmga-markt')
+    assert res.returncode == 2 and "Unknown run key 'mmga-markt' for preset 'smoke'. Did you mean 'mmga-market'?" in res.stderr, res.stderr
+    assert 'reid_nb reproduce --preset smoke --dry-run' in res.stderr
