@@ -73,7 +73,7 @@ def _same_metrics(a, b):
 
 
 def test_two_processes_train_evaluate_and_resume_the_baseline_as_one_process(tmp_path):
-    common = dict(epochs=2, set=['lr=1e-4'])
+    common = dict(epochs=2, set=['lr=1e-4', 'flip_test=false'])
     one = _run(tmp_path, 'one', 'baseline', ckpt=tmp_path/'ck-one', **common)
     # two processes, every one of them killed right after epoch 1 is checkpointed …
     _run(tmp_path, 'killed', 'baseline', nproc=2, ckpt=tmp_path/'ck-two', die_after=1, expect_fail=True, **common)
@@ -87,7 +87,7 @@ def test_two_processes_train_evaluate_and_resume_the_baseline_as_one_process(tmp
 
 
 def test_two_processes_train_mmga_as_one_process(tmp_path):
-    one = _run(tmp_path, 'one', 'mmga', ckpt=tmp_path/'ck-one', epochs=1, set=['lr=1e-4'])
-    two = _run(tmp_path, 'two', 'mmga', nproc=2, epochs=1, set=['lr=1e-4'], then_evaluate=tmp_path/'ck-one'/'train')
+    one = _run(tmp_path, 'one', 'mmga', ckpt=tmp_path/'ck-one', epochs=1, set=['lr=1e-4', 'flip_test=false'])
+    two = _run(tmp_path, 'two', 'mmga', nproc=2, epochs=1, set=['lr=1e-4', 'flip_test=false'], then_evaluate=tmp_path/'ck-one'/'train')
     _same_losses(one, two)
     _same_metrics(one['results'], two['other'])
