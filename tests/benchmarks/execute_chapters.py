@@ -77,7 +77,8 @@ def execute(path: Path, skip_slow: bool):
     def no_eval(cell):
         if cell.cell_type != 'code': return True
         directives = getattr(cell, 'directives_', {}) or {}
-        return 'nbdev_export(' in cell.source or bool(flags & directives.keys())
+        evaluate = str((directives.get('eval:') or ['true'])[0]).lower() != 'false'   # `#| eval: false`, as nbdev_test honours it
+        return 'nbdev_export(' in cell.source or bool(flags & directives.keys()) or not evaluate
     shell = CaptureShell(path)
     with working_directory(path.parent): shell.run_all(nb, exc_stop=True, preproc=no_eval)
     raw = read_nb(path)   # the file as it is (no directives parsed), outputs from the run
