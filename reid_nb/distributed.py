@@ -4,7 +4,7 @@
 
 # %% ../nbs/05b_distributed.ipynb #a8c1baaa
 from __future__ import annotations
-import contextlib, dataclasses, os
+import atexit, contextlib, dataclasses, os
 import numpy as np
 import torch
 import torch.nn as nn
@@ -58,7 +58,12 @@ def init_distributed(device) -> bool:
                                "is not set: start the job with `torchrun --nproc_per_node N …` or `accelerate launch …`, "
                                "which set them, or unset WORLD_SIZE for a single process.")
         dist.init_process_group('nccl' if torch.device(device).type == 'cuda' else 'gloo')
+        atexit.register(_leave_group)
     return True
+
+def _leave_group():
+    "At exit, leave the group we joined: a process that ends with it still open can abort ('terminate called without an active exception')."
+    if dist.is_initialized(): dist.destroy_process_group()
 
 def main_first(fn, *args, **kwargs):
     "`fn(*args, **kwargs)` on rank 0 first, then on the other processes — which then find what rank 0 generated or cached."
