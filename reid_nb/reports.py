@@ -16,7 +16,8 @@ from .pretrain import standin_budget, standin_weights
 # %% auto #0
 __all__ = ['notebooks_dir', 'render_html', 'follow', 'clear_leftovers', 'RunFailed', 'execute_run', 'minutes', 'results_table',
            'write_index', 'job_slots', 'planned_run', 'needs_runs', 'run_one', 'fan_out', 'runs_for', 'plan_runs',
-           'cached_record', 'resume_point', 'dry_run', 'seed_replicates', 'check_data', 'check_weights', 'reproduce']
+           'cached_record', 'finished_run', 'resume_point', 'dry_run', 'seed_replicates', 'check_data', 'check_weights',
+           'reproduce']
 
 # %% ../nbs/09_reports.ipynb #6e011629
 def notebooks_dir() -> Path:
@@ -248,11 +249,10 @@ def run_one(preset:str, name:str, out='reports', overrides:dict|None=None, seeds
     out = Path(out); name, o, ckpt = planned_run(preset, name, out, overrides, seeds)
     check_data(preset, [(name, o, ckpt)]); check_weights(preset, [(name, o, ckpt)])
     for other in needs_runs(name):
-        _, oo, _ = planned_run(preset, other, out, overrides, seeds)
-        if cached_record(out/'runs'/other, get_preset(preset, **oo).to_dict(), preset)[0] is None:
+        if finished_run(out, preset, other, planned_run(preset, other, out, overrides, seeds)[1])[0] is None:
             raise FileNotFoundError(f"Run {name!r} starts from a stage of run {other!r}, which has not finished in {out}: run it "
                                     f"first (`reid_nb run {other} --preset {preset} --out {out}`), or let `reid_nb reproduce` order them.")
-    rec, why = (None, 'forced') if force else cached_record(out/'runs'/name, get_preset(preset, **o).to_dict(), preset)
+    rec, why = (None, 'forced') if force else finished_run(out, preset, name, o)
     if rec is not None:
         if progress: print(f'{name}: reused ({why})', flush=True)
         return out/'runs'/name
@@ -270,7 +270,7 @@ def run_one(preset:str, name:str, out='reports', overrides:dict|None=None, seeds
 def fan_out(preset:str, runs, out, slots:list[dict], overrides:dict, seeds:int=1, progress:bool=True, force:bool=False) -> list[str]:
     "Compute the unfinished `runs` (all when `force`), one `reid_nb run` process per slot at a time; the names computed."
     out = Path(out); logs = out/'logs'; logs.mkdir(parents=True, exist_ok=True)
-    todo = [n for n, o, _ in runs if force or cached_record(out/'runs'/n, get_preset(preset, **o).to_dict(), preset)[0] is None]
+    todo = [n for n, o, _ in runs if force or finished_run(out, preset, n, o)[0] is None]
     waiting, running, done, failed, free = list(todo), {}, [], {}, list(range(len(slots)))
     where = lambda s: ', '.join(f'{k}={v}' for k, v in slots[s].items())
     while waiting or running:
@@ -336,6 +336,10 @@ def cached_record(run_dir, config:dict, preset:str) -> tuple[RunRecord|None, str
     except (ValueError, TypeError, KeyError) as e: return None, f'its metrics.json is corrupt ({type(e).__name__}: {str(e)[:80]})'
     if rec.preset != preset or config_key(rec.config) != config_key(config): return None, 'it was made with another configuration'
     return rec, 'finished earlier with this configuration'
+
+def finished_run(out, preset:str, name:str, overrides:dict) -> tuple[RunRecord|None, str]:
+    "`cached_record` of run `name` of `preset` (with its planned `overrides`) in the reproduction folder `out`."
+    return cached_record(Path(out)/'runs'/name, get_preset(preset, **overrides).to_dict(), preset)
 
 def resume_point(ckpt) -> str|None:
     "Where a run that was stopped resumes: its newest checkpoint's stage and epoch (None when it has no checkpoint)."
@@ -432,7 +436,7 @@ def reproduce(preset:str='smoke', out='reports', only:list[str]|None=None, overr
     records, status = [], {}
     for i, (name, overrides, ckpt) in enumerate(runs):
         step = f'[{i+1}/{len(runs)}] {name}'
-        rec, why = (None, 'forced') if force else cached_record(out/'runs'/name, get_preset(preset, **overrides).to_dict(), preset)
+        rec, why = (None, 'forced') if force else finished_run(out, preset, name, overrides)
         if rec is not None:
             records.append(rec); status[name] = 'computed now' if name in computed else 'reused'
             if progress and name not in computed: print(f'{step}: reused ({why})', flush=True)
