@@ -17,7 +17,7 @@ warnings.filterwarnings('ignore', message=r'`torch\.jit\.script` is deprecated',
 
 # %% auto #0
 __all__ = ['PRESETS', 'check_choice', 'available_devices', 'default_device', 'seed_everything', 'data_dir', 'atomic_path',
-           'write_text_atomic', 'write_json_atomic', 'ExperimentConfig', 'get_preset']
+           'write_text_atomic', 'write_json_atomic', 'file_lock', 'ExperimentConfig', 'get_preset']
 
 # %% ../nbs/00_core.ipynb #df787375
 def check_choice(what:str, value, choices:Iterable):
@@ -60,8 +60,30 @@ def seed_everything(seed:int=0, deterministic:bool=False) -> int:
     return seed
 
 # %% ../nbs/00_core.ipynb #dd0ba3bc
+_TEST_DATA_PREFIX = 'reid_nb-nbdev_test-'
+
+def _nbdev_test_data() -> Path:
+    """The data folder of one `nbdev_test` invocation: a temporary folder named after the process that started it, which
+    every notebook it tests (its worker processes) shares; folders of earlier invocations that have ended are removed."""
+    import multiprocessing, tempfile
+    parent = multiprocessing.parent_process()   # nbdev_test's worker pool: the nbdev_test process; one notebook alone: this one
+    owner = parent.pid if parent is not None else os.getpid()
+    for old in Path(tempfile.gettempdir()).glob(_TEST_DATA_PREFIX + '*'):
+        pid = old.name[len(_TEST_DATA_PREFIX):]
+        if pid.isdigit() and int(pid) != owner and not _alive(int(pid)): shutil.rmtree(old, ignore_errors=True)
+    return Path(tempfile.gettempdir())/f'{_TEST_DATA_PREFIX}{owner}'
+
+def _alive(pid:int) -> bool:
+    try: os.kill(pid, 0)
+    except ProcessLookupError: return False
+    except PermissionError: pass
+    return True
+
 def data_dir(*parts:str, create:bool=True) -> Path:
-    "`$REID_NB_DATA` (default `~/.cache/reid_nb`) joined with `parts`, created if needed."
+    """`$REID_NB_DATA` (default `~/.cache/reid_nb`) joined with `parts`, created if needed. Under `nbdev_test` with
+    `$REID_NB_DATA` unset, a temporary folder of that test run instead: tests never write to the user's cache."""
+    if 'REID_NB_DATA' not in os.environ and os.environ.get('IN_TEST'):
+        os.environ['REID_NB_DATA'] = str(_nbdev_test_data())   # kernels and subprocesses of the tests inherit it
     root = Path(os.environ.get('REID_NB_DATA', Path.home()/'.cache'/'reid_nb')).expanduser()
     path = root.joinpath(*parts)
     if create: path.mkdir(parents=True, exist_ok=True)
@@ -102,6 +124,25 @@ def write_text_atomic(path, text:str) -> Path:
 def write_json_atomic(path, obj, **kwargs) -> Path:
     "Write `obj` as indented JSON to `path` atomically."
     return write_text_atomic(path, json.dumps(obj, indent=2, **kwargs))
+
+# %% ../nbs/00_core.ipynb #6b78ce6e
+@contextlib.contextmanager
+def file_lock(target):
+    "Hold an exclusive lock named after `target` (a hidden sibling `.<name>.lock`) for the block; others asking wait their turn."
+    try: import fcntl
+    except ImportError: yield; return     # no flock on this system: callers still write atomically
+    target = Path(target); target.parent.mkdir(parents=True, exist_ok=True)
+    lock = target.with_name(f'.{target.name}.lock')
+    while True:
+        f = open(lock, 'a')
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try: ours = os.fstat(f.fileno()).st_ino == os.stat(lock).st_ino   # still the file at that name, not one removed meanwhile
+        except FileNotFoundError: ours = False
+        if ours: break
+        f.close()
+    try: yield
+    finally:
+        lock.unlink(missing_ok=True); f.close()
 
 # %% ../nbs/00_core.ipynb #2e384ca8
 @dataclass

@@ -4,11 +4,11 @@
 
 # %% ../nbs/07c_pretrain.ipynb #e9a294b4
 from __future__ import annotations
-import fcntl, json, tempfile, time, warnings
+import json, tempfile, time, warnings
 from dataclasses import replace
 from pathlib import Path
 import torch
-from .core import ExperimentConfig, check_choice, data_dir, write_json_atomic, atomic_path
+from .core import ExperimentConfig, check_choice, data_dir, write_json_atomic, atomic_path, file_lock
 from .experiment import config_key
 
 # %% auto #0
@@ -53,9 +53,7 @@ def standin_weights(backbone:str, budget:str='quick', progress:bool=True, force:
     "The cached stand-in trunk `backbone` of `budget` (trained now if missing, or if `force`): a torchvision-layout state dict."
     cfg, path = standin_config(backbone, budget), standin_path(backbone, budget)
     if not force and _record_ok(path, cfg): return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_suffix('.lock'), 'w') as lock:   # processes asking at once (parallel notebooks) train it once
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with file_lock(path):   # processes asking at once (parallel notebooks) train it once
         if not force and _record_ok(path, cfg): return path
         return _pretrain(cfg, path, backbone, budget, progress)
 

@@ -1,6 +1,7 @@
 """One short run of a method on the smoke preset, for tests/test_distributed.py: started alone, or as several processes by
 `torchrun`. Rank 0 writes the per-step losses, the evaluation and the final metrics to a JSON file."""
 import argparse, json, os
+import torch
 from fastai.callback.core import Callback
 from reid_nb.core import get_preset
 from reid_nb.cli import parse_overrides
@@ -15,6 +16,7 @@ p.add_argument('--die-after', type=int, default=None, help='end every process ab
 p.add_argument('--sync-bn', type=int, default=1)
 p.add_argument('--set', nargs='*', default=[], help='more ExperimentConfig fields, FIELD=VALUE')
 p.add_argument('--then-evaluate', default=None, metavar='CKPT', help="afterwards, evaluate another run's checkpoint folder with these processes")
+p.add_argument('--float64', action='store_true', help='train and evaluate in float64 (inputs cast on entering the model)')
 args = p.parse_args()
 
 class DieAfter(Callback):
@@ -28,18 +30,30 @@ cfg = get_preset('smoke', name=args.method, method=args.method, epochs=args.epoc
                  device='cpu', num_workers=0, **parse_overrides(args.set))
 run = Run(cfg, os.path.dirname(os.path.abspath(args.out)) + f'/run-{os.environ.get("RANK", "solo")}', ckpt_dir=args.ckpt, progress=False)
 run.load_data(); run.build()
+if args.float64:   # rounding at 1e-16: what differs between one and two processes is then far below any real difference
+    run.learn.model.double()
+    run.learn.model.register_forward_pre_hook(lambda m, a: tuple(x.double() if torch.is_tensor(x) and x.is_floating_point() else x for x in a))
+
+class FirstGradients(Callback):
+    "Each parameter tensor's gradient sum, L2 norm and size after the first backward pass (DDP's all-reduce included), by name."
+    order = 60
+    def __init__(self): self.grads = None
+    def after_backward(self):
+        if self.grads is not None or not self.training: return
+        model = getattr(self.learn.model, 'module', self.learn.model)
+        self.grads = {n: [p.grad.sum().item(), p.grad.norm().item(), p.numel()] for n, p in model.named_parameters() if p.grad is not None}
 class Trained(Callback):
     "The epochs this invocation trained (a resumed run skips those its checkpoint holds)."
     def __init__(self): self.epochs = set()
     def after_batch(self):
         if self.training: self.epochs.add(self.epoch)
 
-trained = Trained(); run.learn.add_cb(trained)
+trained, first = Trained(), FirstGradients(); run.learn.add_cbs([trained, first])
 if args.die_after: run.learn.add_cb(DieAfter(args.die_after))
 run.train(); run.evaluate()
 h = run.learn.loss_parts.history
 out = dict(loss=h['loss'], epoch=h['epoch'], eval=run.eval_cb.history, results=run.results, world=int(os.environ.get('WORLD_SIZE', 1)),
-           trained_epochs=sorted(trained.epochs))
+           trained_epochs=sorted(trained.epochs), first_grads=first.grads)
 if args.then_evaluate:  # the same processes score another run's final weights
     load_checkpoint(run.learn, args.then_evaluate)
     run.results = {}; out['other'] = run.evaluate()

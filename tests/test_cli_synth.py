@@ -1,14 +1,16 @@
-"`reid_nb synth` end to end through the installed console script: the tree, bad sizes, a clashing seed."
+"""`reid_nb synth` end to end: the tree, bad sizes, a clashing seed (in-process, through the CLI's `main`), and the installed
+console script itself (one subprocess: the entry point is what a subprocess proves)."""
 import json, subprocess, sys
 from pathlib import Path
 import pytest
 from reid_nb.data.synth import MARKET_FOLDERS, SYNTH_SIZES
+from conftest import cli
 
 REID_NB = Path(sys.executable).parent/'reid_nb'
 
 def synth(*args):
-    "Run `reid_nb synth ARGS` in a subprocess (it inherits $REID_NB_DATA from conftest)."
-    return subprocess.run([str(REID_NB), 'synth', *map(str, args)], capture_output=True, text=True, timeout=300)
+    "`reid_nb synth ARGS` (generated data under the session's $REID_NB_DATA, see conftest)."
+    return cli('synth', *args)
 
 @pytest.fixture(scope='module')
 def smoke(tmp_path_factory):
@@ -17,8 +19,12 @@ def smoke(tmp_path_factory):
     assert r.returncode == 0, r.stderr
     return out, r
 
-def test_console_script_installed():
-    assert REID_NB.exists(), f'{REID_NB} missing: install the package (pip install -e .)'
+def test_console_script_runs_the_cli():
+    "The installed `reid_nb` command is the CLI: it lists its four commands, and a usage error exits 2 with argparse's message."
+    r = subprocess.run([str(REID_NB), '--help'], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and all(c in r.stdout for c in ('reproduce', 'run', 'synth', 'docs')), r.stdout + r.stderr
+    r = subprocess.run([str(REID_NB), 'synth', '--size'], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and 'expected one argument' in r.stderr, r.stderr
 
 def test_smoke_tree(smoke):
     out, r = smoke
@@ -61,5 +67,5 @@ def test_overwrite_replaces_the_tree(smoke):
 
 
 def test_help_lists_the_sizes():
-    r = subprocess.run([str(REID_NB), 'synth', '--help'], capture_output=True, text=True, timeout=120)
+    r = cli('synth', '--help')
     assert r.returncode == 0 and all(s in ' '.join(r.stdout.split()) for s in SYNTH_SIZES), r.stdout

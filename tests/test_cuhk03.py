@@ -185,7 +185,7 @@ def test_cache_dir_is_a_parent_shared_by_several_mats(tmp_path):
     assert (cache/'other.txt').read_text() == 'keep me'
     # read_cuhk03 with the same cache_dir for both files
     for root in (tmp_path/'a', tmp_path/'b'):
-        ds = read_cuhk03(root, 'labeled', protocol='classic', cache_dir=cache, progress=False)
+        ds = read_cuhk03(root, 'labeled', protocol='classic', cache_dir=cache, progress=False, check_counts=False)   # a tiny .mat
         assert Path(ds.protocol['images']).parent.parent == cache/'cuhk03-images' and len(ds.query) == 2
     with pytest.raises(NotADirectoryError, match='is a file'): extract_cuhk03(a, cache/'other.txt', progress=False)
 

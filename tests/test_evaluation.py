@@ -431,6 +431,7 @@ def test_single_gallery_shot_picks_property(case):
         assert stat < chi2.ppf(0.9999, len(c) - 1), (obs, exp)  # uniform among the eligible images
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
 def test_single_gallery_shot_on_cuda():
     rng = np.random.default_rng(0)

@@ -258,4 +258,7 @@ def test_a_small_run_end_to_end(tmp_path):
         assert run.g_pids[a] != run.q_pids[q]
     assert fmn_figures(run, alphas=[0., 0.5, 1.]) == ['fmn_masks.png', 'alpha_sweep.png']
     assert all((tmp_path/'run'/f).exists() for f in run.figures)
-    assert run.record().results['GRN']['ci95']
+    grn = run.record().results['GRN']
+    for k in ('rank1', 'mAP'):                      # the GRN's own 95 % interval over queries: around its estimate, not a point
+        lo, hi = grn['ci95'][k]
+        assert lo <= grn[k] <= hi and hi > lo, (k, lo, grn[k], hi)

@@ -184,6 +184,7 @@ def test_exact_tie_goes_to_the_image_listed_first(order):
         assert ours[0, 0] < 0.01 < 0.7 < ours[0, 1]  # whichever of +1 / -1 is listed first is the reciprocal neighbour
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
 def test_same_result_on_gpu():
     qf, gf = clustered(5, 40, 7, 32, 0.8, 50)

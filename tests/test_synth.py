@@ -173,6 +173,7 @@ def test_quick_size_plan():
     groups = collections.Counter((e['pid'], e['cam']) for e in plan if e['folder'] == 'gt_bbox')
     assert set(groups) == {(e['pid'], e['cam']) for e in plan if e['folder'] == 'query'} and set(groups.values()) == {2}
 
+@pytest.mark.slow
 def test_quick_size_through_the_registry(reid_nb_data):
     "Generated into the session's data folder and read back by name, with the intended identities and protocol features."
     import time

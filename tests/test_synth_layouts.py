@@ -119,6 +119,7 @@ def test_quick_sizes():
     assert c['n_train_new'] == 100 and n - c['n_train_new'] == 100 and c['n_splits'] == 20
     assert 50 <= c['n_test_classic'] <= 100 and n - c['n_test_classic'] >= 100
 
+@pytest.mark.slow
 def test_quick_duke_through_the_registry(reid_nb_data):
     import time
     from reid_nb.data.registry import get_dataset
@@ -132,6 +133,7 @@ def test_quick_duke_through_the_registry(reid_nb_data):
     extra = {r.pid for r in ds.gallery} - {r.pid for r in ds.query}             # Duke's gallery-only distractor ids
     assert len(extra) == 50 and all(len({r.camid for r in ds.gallery if r.pid == p}) == 1 for p in extra)
 
+@pytest.mark.slow
 def test_quick_cuhk03_through_the_registry(reid_nb_data):
     "One generated set serves both protocols and both variants."
     import time

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 from fastprogress.fastprogress import progress_bar
-from ..core import check_choice, data_dir, atomic_path
+from ..core import check_choice, data_dir, atomic_path, file_lock
 
 # %% auto #0
 __all__ = ['MARKET_FOLDERS', 'MARKET_NAME', 'SYNTH_SIZES', 'SYNTH_VERSION', 'FACINGS', 'synth_params', 'Identity',
@@ -729,21 +729,22 @@ def generate_synthreid(root=None, size:str='default', seed:int=0, overwrite:bool
         root = data_dir('synthreid') / f'{size}-seed{seed}{tag}'
     root = Path(root); marker = root/'synthreid.json'
     want = dict(version=SYNTH_VERSION, seed=int(seed), params=_jsonable(p))
-    if root.exists() and not overwrite:
-        if marker.exists():
-            have = json.loads(marker.read_text())
-            if {k: have.get(k) for k in want} == want: return root
-            diff = {k: (have.get('params', {}).get(k), v) for k, v in want['params'].items() if have.get('params', {}).get(k) != v}
-            raise FileExistsError(f"{root} holds a SynthReID tree made with other settings (seed {have.get('seed')} vs {seed}, "
-                                  f"version {have.get('version')} vs {SYNTH_VERSION}, params (old, new): {diff}). "
-                                  f"Pass overwrite=True (`reid_nb synth --overwrite`) to replace it, or choose another root (--out).")
-        if root.is_file() or any(root.iterdir()):
-            raise FileExistsError(f"{root} exists and is not a complete SynthReID tree (no synthreid.json). "
-                                  f"Choose another root (--out); only if nothing in {root} is needed, overwrite=True (--overwrite) deletes it first.")
-    with atomic_path(root) as tmp:
-        n = _write_tree(Path(tmp), p, int(seed), progress)
-        counts = {f: len(list((Path(tmp)/f).iterdir())) for f in MARKET_FOLDERS}
-        (Path(tmp)/'synthreid.json').write_text(json.dumps(dict(**want, size=size, counts=counts, n_images=n), indent=2))
+    with file_lock(root):   # another process generating the same tree: wait for it, then reuse its tree
+        if root.exists() and not overwrite:
+            if marker.exists():
+                have = json.loads(marker.read_text())
+                if {k: have.get(k) for k in want} == want: return root
+                diff = {k: (have.get('params', {}).get(k), v) for k, v in want['params'].items() if have.get('params', {}).get(k) != v}
+                raise FileExistsError(f"{root} holds a SynthReID tree made with other settings (seed {have.get('seed')} vs {seed}, "
+                                      f"version {have.get('version')} vs {SYNTH_VERSION}, params (old, new): {diff}). "
+                                      f"Pass overwrite=True (`reid_nb synth --overwrite`) to replace it, or choose another root (--out).")
+            if root.is_file() or any(root.iterdir()):
+                raise FileExistsError(f"{root} exists and is not a complete SynthReID tree (no synthreid.json). "
+                                      f"Choose another root (--out); only if nothing in {root} is needed, overwrite=True (--overwrite) deletes it first.")
+        with atomic_path(root) as tmp:
+            n = _write_tree(Path(tmp), p, int(seed), progress)
+            counts = {f: len(list((Path(tmp)/f).iterdir())) for f in MARKET_FOLDERS}
+            (Path(tmp)/'synthreid.json').write_text(json.dumps(dict(**want, size=size, counts=counts, n_images=n), indent=2))
     return root
 
 # %% ../../nbs/01_data.synth.ipynb #91af9b6f
