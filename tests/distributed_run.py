@@ -34,6 +34,13 @@ if args.float64:   # rounding at 1e-16: what differs between one and two process
     run.learn.model.double()
     run.learn.model.register_forward_pre_hook(lambda m, a: tuple(x.double() if torch.is_tensor(x) and x.is_floating_point() else x for x in a))
 
+class Float64Loss(Callback):
+    "Keep each training step's float64 loss; hand fastai's recorders a float32 copy (their running averages are float32)."
+    def __init__(self): self.losses = []
+    def after_loss(self):
+        if not self.training: return
+        self.losses.append(self.learn.loss.item()); self.learn.loss = self.learn.loss.float()
+
 class FirstGradients(Callback):
     "Each parameter tensor's gradient sum, L2 norm and size after the first backward pass (DDP's all-reduce included), by name."
     order = 60
@@ -48,12 +55,13 @@ class Trained(Callback):
     def after_batch(self):
         if self.training: self.epochs.add(self.epoch)
 
-trained, first = Trained(), FirstGradients(); run.learn.add_cbs([trained, first])
+trained, first, exact = Trained(), FirstGradients(), Float64Loss(); run.learn.add_cbs([trained, first] + ([exact] if args.float64 else []))
 if args.die_after: run.learn.add_cb(DieAfter(args.die_after))
 run.train(); run.evaluate()
 h = run.learn.loss_parts.history
 out = dict(loss=h['loss'], epoch=h['epoch'], eval=run.eval_cb.history, results=run.results, world=int(os.environ.get('WORLD_SIZE', 1)),
-           trained_epochs=sorted(trained.epochs), first_grads=first.grads)
+           trained_epochs=sorted(trained.epochs), first_grads=first.grads,
+           loss64=exact.losses)
 if args.then_evaluate:  # the same processes score another run's final weights
     load_checkpoint(run.learn, args.then_evaluate)
     run.results = {}; out['other'] = run.evaluate()

@@ -63,12 +63,20 @@ def _run(tmp, name, method, nproc=1, expect_fail=False, **kw):
 
 def _first_step_agrees(one, two, rtol=1e-9):
     "The first step's loss and gradients of one and of two processes: equal up to float64 rounding (see the docstring)."
-    assert abs(one['loss'][0] - two['loss'][0]) <= rtol * abs(one['loss'][0]), (one['loss'][0], two['loss'][0])
+    a, b = one['loss64'][0], two['loss64'][0]
+    assert abs(a - b) <= rtol * abs(a), (a, b)
     assert one['first_grads'].keys() == two['first_grads'].keys() and len(one['first_grads']) > 10
+    # each gradient entry is a sum of products no larger than the network's gradients, so its rounding is bounded relative
+    # to their scale (the largest tensor's norm), not to its own value: a gradient that is zero analytically (a bias
+    # before BatchNorm) comes out as ~1e-16 of rounding noise on both sides
+    scale = max(n for _, n, _ in one['first_grads'].values())
+    worst = 0.
     for name, (s1, n1, m) in one['first_grads'].items():
         s2, n2, _ = two['first_grads'][name]
-        assert abs(n1 - n2) <= rtol * n1 + 1e-300, (name, n1, n2)
-        assert abs(s1 - s2) <= rtol * m**0.5 * n1 + 1e-300, (name, s1, s2)   # |Σδ| ≤ rtol·Σ|g| ≤ rtol·√m·‖g‖ (a sum may cancel to ~0)
+        worst = max(worst, abs(n1 - n2) / scale, abs(s1 - s2) / (m**0.5 * scale))
+        assert abs(n1 - n2) <= rtol * scale, (name, n1, n2, scale)
+        assert abs(s1 - s2) <= rtol * m**0.5 * scale, (name, s1, s2, scale)   # |Σδ| ≤ √m·‖δ‖ for m entries
+    print(f'first step: loss {abs(a - b) / abs(a):.1e} relative, gradients {worst:.1e} of their scale')
 
 
 def _same_metrics(a, b):
