@@ -190,3 +190,23 @@ def test_quick_size_through_the_registry(reid_nb_data):
     meta = json.loads((ds.root/'synthreid.json').read_text())
     assert meta['size'] == 'quick' and meta['counts'] == dict(bounding_box_train=len(ds.train), query=len(ds.query),
                                                               bounding_box_test=len(ds.gallery) + len(ds.junk), gt_bbox=len(ds.gt_bbox))
+
+
+def _generate_and_report(root, queue):
+    "In a child process: generate (or reuse) the tiny tree at `root`; report the inode of the tree it returned."
+    out = generate_synthreid(root, 'smoke', seed=0, progress=False, **TINY)
+    queue.put(out.stat().st_ino)
+
+def test_two_processes_asking_for_one_tree_generate_it_once(tmp_path):
+    """Two processes asking at once (two chapters under nbdev_test, two terminals): one generates, the other waits on the
+    tree's lock and reuses it — the tree each was handed is the final one (a second generation would have replaced it),
+    and no temporary, old or lock file is left beside it."""
+    import multiprocessing as mp
+    ctx = mp.get_context('fork')
+    root, queue = tmp_path/'t', ctx.Queue()
+    procs = [ctx.Process(target=_generate_and_report, args=(root, queue)) for _ in range(2)]
+    for p in procs: p.start()
+    for p in procs: p.join(120)
+    assert [p.exitcode for p in procs] == [0, 0]
+    assert sorted(queue.get(timeout=5) for _ in procs) == [root.stat().st_ino] * 2
+    assert [p.name for p in tmp_path.iterdir()] == ['t'] and (root/'synthreid.json').is_file()

@@ -172,6 +172,15 @@ def _target(layout:str, params:dict, root, size:str, seed:int, overrides:dict):
     root = Path(root) if root is not None else _default_root(f'synthreid-{layout}', size, seed, overrides)
     return root, dict(version=LAYOUTS_VERSION, layout=layout, seed=int(seed), params=_jsonable(params))
 
+def _generate(layout:str, params:dict, root, size:str, seed:int, overrides:dict, overwrite:bool, write) -> Path:
+    """Resolve `root`; under its lock (another process generating the same tree: wait, then reuse it) return it when it
+    holds this tree already, else write the tree with `write(tmp, want, world)` into a temporary folder renamed onto `root`."""
+    root, want = _target(layout, params, root, size, seed, overrides)
+    with file_lock(root):
+        if _prepare(root, want, overwrite): return root
+        with atomic_path(root) as tmp: write(Path(tmp), want, _World(int(seed) + WORLD_OFFSET[layout], params))
+    return root
+
 # %% ../../nbs/01b_data.synth_layouts.ipynb #3d9a93c3
 _DUKE_DIRS = tuple(DUKE_FOLDERS[k] for k in ('train', 'query', 'gallery'))   # the reader's folders, in writing order
 
@@ -179,25 +188,21 @@ def generate_synthreid_duke(root=None, size:str='default', seed:int=0, overwrite
                             **overrides) -> Path:
     "Generate (or reuse) the SynthReID-Duke tree of preset `size` and `seed` at `root`, in the DukeMTMC-reID layout."
     p = duke_params(size, **overrides)
-    root, want = _target('duke', p, root, size, seed, overrides)
-    with file_lock(root):   # another process generating the same tree: wait for it, then reuse its tree
-        if _prepare(root, want, overwrite): return root
-        w = _World(int(seed) + WORLD_OFFSET['duke'], p)
+    def write(tmp:Path, want:dict, w:_World):
         plan = duke_plan(p, int(seed))
-        with atomic_path(root) as tmp:
-            tmp = Path(tmp); ann = {f: {} for f in _DUKE_DIRS}
-            for f in _DUKE_DIRS: (tmp/f).mkdir(parents=True); (tmp/'annotations'/'parts'/f).mkdir(parents=True)
-            for e in (progress_bar(plan, leave=False) if progress else plan):
-                r = _draw(w, e['pid'], e['cam'], [e['pid'], e['cam'], e['j']], p['p_misalign'])
-                stem = e['name'][:-4]
-                r['image'].save(tmp/e['folder']/e['name'], format='JPEG', quality=w.cam(e['cam']).jpeg_quality, subsampling=2)
-                _save_parts(tmp, e['folder'], stem, r['parts'])
-                ann[e['folder']][stem] = _annotation(r, e['pid'], e['cam'] - 1)
-            for f in _DUKE_DIRS: (tmp/'annotations'/f'{f}.json').write_text(json.dumps(ann[f]))
-            (tmp/'annotations'/'identities.json').write_text(json.dumps({str(k): asdict(v) for k, v in sorted(w.idents.items())}))
-            counts = {f: len(ann[f]) for f in _DUKE_DIRS}
-            (tmp/'synthreid.json').write_text(json.dumps(dict(**want, size=size, counts=counts, n_images=len(plan)), indent=2))
-    return root
+        ann = {f: {} for f in _DUKE_DIRS}
+        for f in _DUKE_DIRS: (tmp/f).mkdir(parents=True); (tmp/'annotations'/'parts'/f).mkdir(parents=True)
+        for e in (progress_bar(plan, leave=False) if progress else plan):
+            r = _draw(w, e['pid'], e['cam'], [e['pid'], e['cam'], e['j']], p['p_misalign'])
+            stem = e['name'][:-4]
+            r['image'].save(tmp/e['folder']/e['name'], format='JPEG', quality=w.cam(e['cam']).jpeg_quality, subsampling=2)
+            _save_parts(tmp, e['folder'], stem, r['parts'])
+            ann[e['folder']][stem] = _annotation(r, e['pid'], e['cam'] - 1)
+        for f in _DUKE_DIRS: (tmp/'annotations'/f'{f}.json').write_text(json.dumps(ann[f]))
+        (tmp/'annotations'/'identities.json').write_text(json.dumps({str(k): asdict(v) for k, v in sorted(w.idents.items())}))
+        counts = {f: len(ann[f]) for f in _DUKE_DIRS}
+        (tmp/'synthreid.json').write_text(json.dumps(dict(**want, size=size, counts=counts, n_images=len(plan)), indent=2))
+    return _generate('duke', p, root, size, seed, overrides, overwrite, write)
 
 # %% ../../nbs/01b_data.synth_layouts.ipynb #53b63f10
 def cuhk03_plan(p:dict, seed:int=0) -> dict:
@@ -228,37 +233,33 @@ def generate_synthreid_cuhk03(root=None, size:str='default', seed:int=0, overwri
                               **overrides) -> Path:
     "Generate (or reuse) the SynthReID-CUHK03 set of preset `size` and `seed` at `root`: `cuhk-03.mat` + new-protocol configs."
     p = cuhk03_params(size, **overrides)
-    root, want = _target('cuhk03', p, root, size, seed, overrides)
-    with file_lock(root):   # another process generating the same tree: wait for it, then reuse its tree
-        if _prepare(root, want, overwrite): return root
-        w = _World(int(seed) + WORLD_OFFSET['cuhk03'], p)
+    def write(tmp:Path, want:dict, w:_World):
         plan = cuhk03_plan(p, int(seed))
-        with atomic_path(root) as tmp:
-            tmp = Path(tmp); ann = {v: {} for v in CUHK03_VARIANTS}
-            for v in CUHK03_VARIANTS: (tmp/'annotations'/'parts'/v).mkdir(parents=True)
-            def drawer(v, e, k):
-                def draw():
-                    cam = 2*e['pair'] - 1 + (k >= 5)
-                    r = _draw(w, e['gid'], cam, [e['gid'], k], 0.0 if v == 'labeled' else p['p_misalign_detected'])
-                    stem = cuhk03_image_name(e['pair'], e['person'], k)[:-4]
-                    _save_parts(tmp, v, stem, r['parts']); ann[v][stem] = _annotation(r, e['gid'], int(k >= 5))
-                    return np.asarray(r['image'])
-                return draw
-            images = {v: [[[drawer(v, e, k) if k in e['cols'] else None for k in range(10)]
-                           for e in plan['persons'] if e['pair'] == pair] for pair in range(1, len(p['persons']) + 1)]
-                      for v in CUHK03_VARIANTS}
-            write_cuhk03_mat(tmp/'cuhk03_release'/'cuhk-03.mat', images, plan['testsets'], progress=progress)
-            train = set(plan['train_gids']); query = set(plan['query_names'])
-            rows = sorted((cuhk03_image_name(e['pair'], e['person'], k), e['gid']) for e in plan['persons'] for k in e['cols'])
-            names, labels = [n for n, _ in rows], [g for _, g in rows]
-            idx = lambda keep: [i for i, (n, g) in enumerate(rows) if keep(n, g)]
-            for v in CUHK03_VARIANTS:
-                write_new_protocol_config(tmp/NEW_PROTOCOL_CONFIG.format(variant=v), names, labels, [parse_cuhk03_name(n)['camid'] + 1 for n in names],
-                                          idx(lambda n, g: g in train), idx(lambda n, g: n in query),
-                                          idx(lambda n, g: g not in train and n not in query))
-                (tmp/'annotations'/f'{v}.json').write_text(json.dumps(dict(sorted(ann[v].items()))))
-            (tmp/'annotations'/'identities.json').write_text(json.dumps({str(k): asdict(x) for k, x in sorted(w.idents.items())}))
-            counts = dict(persons=len(plan['persons']), images=len(rows), train=len(idx(lambda n, g: g in train)),
-                          query=len(query), gallery=len(idx(lambda n, g: g not in train and n not in query)))
-            (tmp/'synthreid.json').write_text(json.dumps(dict(**want, size=size, counts=counts), indent=2))
-    return root
+        ann = {v: {} for v in CUHK03_VARIANTS}
+        for v in CUHK03_VARIANTS: (tmp/'annotations'/'parts'/v).mkdir(parents=True)
+        def drawer(v, e, k):
+            def draw():
+                cam = 2*e['pair'] - 1 + (k >= 5)
+                r = _draw(w, e['gid'], cam, [e['gid'], k], 0.0 if v == 'labeled' else p['p_misalign_detected'])
+                stem = cuhk03_image_name(e['pair'], e['person'], k)[:-4]
+                _save_parts(tmp, v, stem, r['parts']); ann[v][stem] = _annotation(r, e['gid'], int(k >= 5))
+                return np.asarray(r['image'])
+            return draw
+        images = {v: [[[drawer(v, e, k) if k in e['cols'] else None for k in range(10)]
+                       for e in plan['persons'] if e['pair'] == pair] for pair in range(1, len(p['persons']) + 1)]
+                  for v in CUHK03_VARIANTS}
+        write_cuhk03_mat(tmp/'cuhk03_release'/'cuhk-03.mat', images, plan['testsets'], progress=progress)
+        train = set(plan['train_gids']); query = set(plan['query_names'])
+        rows = sorted((cuhk03_image_name(e['pair'], e['person'], k), e['gid']) for e in plan['persons'] for k in e['cols'])
+        names, labels = [n for n, _ in rows], [g for _, g in rows]
+        idx = lambda keep: [i for i, (n, g) in enumerate(rows) if keep(n, g)]
+        for v in CUHK03_VARIANTS:
+            write_new_protocol_config(tmp/NEW_PROTOCOL_CONFIG.format(variant=v), names, labels, [parse_cuhk03_name(n)['camid'] + 1 for n in names],
+                                      idx(lambda n, g: g in train), idx(lambda n, g: n in query),
+                                      idx(lambda n, g: g not in train and n not in query))
+            (tmp/'annotations'/f'{v}.json').write_text(json.dumps(dict(sorted(ann[v].items()))))
+        (tmp/'annotations'/'identities.json').write_text(json.dumps({str(k): asdict(x) for k, x in sorted(w.idents.items())}))
+        counts = dict(persons=len(plan['persons']), images=len(rows), train=len(idx(lambda n, g: g in train)),
+                      query=len(query), gallery=len(idx(lambda n, g: g not in train and n not in query)))
+        (tmp/'synthreid.json').write_text(json.dumps(dict(**want, size=size, counts=counts), indent=2))
+    return _generate('cuhk03', p, root, size, seed, overrides, overwrite, write)
