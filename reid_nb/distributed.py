@@ -4,7 +4,7 @@
 
 # %% ../nbs/05b_distributed.ipynb #a8c1baaa
 from __future__ import annotations
-import atexit, contextlib, dataclasses, os
+import atexit, contextlib, dataclasses, datetime, os, warnings
 import numpy as np
 import torch
 import torch.nn as nn
@@ -61,9 +61,13 @@ def init_distributed(device) -> bool:
         atexit.register(_leave_group)
     return True
 
-def _leave_group():
-    "At exit, leave the group we joined: a process that ends with it still open can abort ('terminate called without an active exception')."
-    if dist.is_initialized(): dist.destroy_process_group()
+def _leave_group(wait:float=60.):
+    "At exit, wait for the other processes (gloo: at most `wait` seconds), then leave the group we joined."
+    if not dist.is_initialized(): return
+    try:  # gloo: a process that closes its connections while a peer still uses them aborts ('terminate called without an active exception')
+        if dist.get_backend() == 'gloo': dist.monitored_barrier(timeout=datetime.timedelta(seconds=wait))
+    except RuntimeError as e: warnings.warn(f"leaving the process group without the others: {e}")
+    dist.destroy_process_group()
 
 def main_first(fn, *args, **kwargs):
     "`fn(*args, **kwargs)` on rank 0 first, then on the other processes — which then find what rank 0 generated or cached."
