@@ -16,8 +16,9 @@ import torch
 warnings.filterwarnings('ignore', message=r'`torch\.jit\.script` is deprecated', category=FutureWarning)
 
 # %% auto #0
-__all__ = ['PRESETS', 'check_choice', 'available_devices', 'default_device', 'seed_everything', 'data_dir', 'atomic_path',
-           'write_text_atomic', 'write_json_atomic', 'file_lock', 'ExperimentConfig', 'get_preset']
+__all__ = ['PART_LABELS', 'PART', 'PART_COLORS', 'COCO_KEYPOINTS', 'COCO_SKELETON', 'PRESETS', 'check_choice',
+           'available_devices', 'default_device', 'seed_everything', 'data_dir', 'atomic_path', 'write_text_atomic',
+           'write_json_atomic', 'file_lock', 'ExperimentConfig', 'get_preset']
 
 # %% ../nbs/00_core.ipynb #df787375
 def check_choice(what:str, value, choices:Iterable):
@@ -143,6 +144,17 @@ def file_lock(target):
     try: yield
     finally:
         lock.unlink(missing_ok=True); f.close()
+
+# %% ../nbs/00_core.ipynb #35f94dc3
+PART_LABELS = ['background', 'hat', 'hair', 'face', 'upper_clothes', 'arms', 'lower_clothes', 'legs', 'shoes', 'bag']
+PART = {n: i for i, n in enumerate(PART_LABELS)}
+PART_COLORS = np.array([(0, 0, 0), (255, 0, 255), (255, 140, 0), (255, 220, 150), (230, 30, 30), (255, 255, 0),
+                        (30, 90, 255), (0, 220, 220), (120, 60, 20), (0, 200, 0)], dtype=np.uint8)
+COCO_KEYPOINTS = ['nose', 'left_eye', 'right_eye', 'left_ear', 'right_ear', 'left_shoulder', 'right_shoulder',
+                  'left_elbow', 'right_elbow', 'left_wrist', 'right_wrist', 'left_hip', 'right_hip',
+                  'left_knee', 'right_knee', 'left_ankle', 'right_ankle']
+COCO_SKELETON = [[16, 14], [14, 12], [17, 15], [15, 13], [12, 13], [6, 12], [7, 13], [6, 7], [6, 8], [7, 9],
+                 [8, 10], [9, 11], [2, 3], [1, 2], [1, 3], [2, 4], [3, 5], [4, 6], [5, 7]]  # 1-based, as in COCO
 
 # %% ../nbs/00_core.ipynb #2e384ca8
 @dataclass

@@ -14,7 +14,7 @@ from torch import nn
 from PIL import Image
 from fastprogress.fastprogress import progress_bar
 from .core import check_choice, data_dir, atomic_path, write_json_atomic
-from .regions import COCO_KEYPOINTS
+from .core import COCO_KEYPOINTS
 from .data.synth import load_synth_annotations, load_part_map, pedestrian_mask, rle_decode
 from .data.pipeline import COCO_FLIP_INDEX, read_image
 

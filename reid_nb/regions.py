@@ -10,26 +10,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from matplotlib.path import Path as MplPath
-from .core import check_choice
+from .core import check_choice, PART_LABELS, PART, PART_COLORS, COCO_KEYPOINTS, COCO_SKELETON
 
 # %% auto #0
-__all__ = ['PART_LABELS', 'PART', 'PART_COLORS', 'COCO_KEYPOINTS', 'COCO_SKELETON', 'SHOULDERS', 'HIPS', 'SHOULDER_FRAC',
-           'HIP_FRAC', 'REGIONS', 'PARTS', 'LIMBS', 'UPPER_PARTS', 'BOTTOM_PARTS', 'REGION_COLORS', 'CutLine',
-           'mask_extent', 'proportional_line', 'body_line', 'RegionSplit', 'region_lines', 'region_masks', 'part_masks',
-           'pedestrian_region', 'space_alignment', 'body_part_masks', 'middle_line_masks', 'resize_mask',
-           'region_summary', 'color_regions', 'region_legend', 'show_mgran_regions', 'middle_line_error',
+__all__ = ['SHOULDERS', 'HIPS', 'SHOULDER_FRAC', 'HIP_FRAC', 'REGIONS', 'PARTS', 'LIMBS', 'UPPER_PARTS', 'BOTTOM_PARTS',
+           'REGION_COLORS', 'CutLine', 'mask_extent', 'proportional_line', 'body_line', 'RegionSplit', 'region_lines',
+           'region_masks', 'part_masks', 'pedestrian_region', 'space_alignment', 'body_part_masks', 'middle_line_masks',
+           'resize_mask', 'region_summary', 'color_regions', 'region_legend', 'show_mgran_regions', 'middle_line_error',
            'show_middle_vs_parts']
-
-# %% ../nbs/02f_regions.ipynb #35f94dc3
-PART_LABELS = ['background', 'hat', 'hair', 'face', 'upper_clothes', 'arms', 'lower_clothes', 'legs', 'shoes', 'bag']
-PART = {n: i for i, n in enumerate(PART_LABELS)}
-PART_COLORS = np.array([(0, 0, 0), (255, 0, 255), (255, 140, 0), (255, 220, 150), (230, 30, 30), (255, 255, 0),
-                        (30, 90, 255), (0, 220, 220), (120, 60, 20), (0, 200, 0)], dtype=np.uint8)
-COCO_KEYPOINTS = ['nose', 'left_eye', 'right_eye', 'left_ear', 'right_ear', 'left_shoulder', 'right_shoulder',
-                  'left_elbow', 'right_elbow', 'left_wrist', 'right_wrist', 'left_hip', 'right_hip',
-                  'left_knee', 'right_knee', 'left_ankle', 'right_ankle']
-COCO_SKELETON = [[16, 14], [14, 12], [17, 15], [15, 13], [12, 13], [6, 12], [7, 13], [6, 7], [6, 8], [7, 9],
-                 [8, 10], [9, 11], [2, 3], [1, 2], [1, 3], [2, 4], [3, 5], [4, 6], [5, 7]]  # 1-based, as in COCO
 
 # %% ../nbs/02f_regions.ipynb #6669e3c0
 SHOULDERS, HIPS = (5, 6), (11, 12)

@@ -19,7 +19,7 @@ __all__ = ['MARKET_FOLDERS', 'MARKET_NAME', 'SYNTH_SIZES', 'SYNTH_VERSION', 'FAC
            'load_part_map', 'pedestrian_mask', 'overlay_parts', 'show_identity_grid']
 
 # %% ../../nbs/01_data.synth.ipynb #f233c43e
-from ..regions import PART_LABELS, PART, PART_COLORS, COCO_KEYPOINTS, COCO_SKELETON  # the body-part vocabulary lives with the regions
+from ..core import PART_LABELS, PART, PART_COLORS, COCO_KEYPOINTS, COCO_SKELETON  # the body-part vocabulary
 MARKET_FOLDERS = ['bounding_box_train', 'bounding_box_test', 'query', 'gt_bbox']
 MARKET_NAME = r'^(-1|\d{4})_c(\d)s(\d)_(\d{6})_(\d{2})\.jpg$'
 
