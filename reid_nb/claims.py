@@ -6,22 +6,31 @@
 from __future__ import annotations
 import html, json
 from pathlib import Path
-from .tables import paper_table, column_source
+from .tables import paper_table, column_source, row_sources
+from .methods.registry import declared_claims
 
 # %% auto #0
-__all__ = ['CLAIMS', 'CLAIM_PAPER', 'HOLDS', 'FAILS', 'UNSURE', 'MISSING', 'judge_link', 'combine', 'check_claims', 'claims_html',
+__all__ = ['HOLDS', 'FAILS', 'UNSURE', 'MISSING', 'claims', 'claim_paper', 'judge_link', 'combine', 'check_claims', 'claims_html',
            'claims_text', 'show_recorded']
 
 # %% ../nbs/08d_claims.ipynb #360a70c4
-CLAIMS = {   # claim -> (paper tables whose columns it is checked in, rows from best to worst, the link between neighbours)
-    'MMGA > DMGA > WMGA > Baseline+Att > Baseline': (['MMGA/table1_ablation'], ['MMGA', 'DMGA', 'WMGA', 'Baseline+Att', 'Baseline'], '>'),
-    'MGRAN > MGRAN−GF': (['MGRAN/table5_multi_feature_fusion'], ['MGRAN', 'MGRAN-GF (no global feature)'], '>'),
-    'MGRAN-RL > MGRAN-PL': (['MGRAN/table6_region_level_alignment'], ['MGRAN-RL (region-level)', 'MGRAN-PL (part-level)'], '>'),
-    'FMN > GRN': (['FMN/table1_branches'], ['FMN', 'GRN'], '>'),
-    'FMN: re-ranking helps': (['FMN/table2_market', 'FMN/table3_duke', 'FMN/table4_cuhk03_new_protocol'], ['FMN+re-rank', 'FMN'], '>'),
-    'FMN: Pool1 ≥ Res2 > Res3 > Res4': (['FMN/table5_masked_layer'], ['Pool1', 'Res2', 'Res3', 'Res4'], ['≥', '>', '>']),
-}
-CLAIM_PAPER = {c: CLAIMS[c][0][0].split('/')[0] for c in CLAIMS}
+def claims() -> dict:
+    "`{claim: (table ids, rows from best to worst, links)}` of every registered method, each row checked to be fed by a run."
+    sources, out = row_sources(), {}
+    for claim, (tids, rows, links, method) in declared_claims().items():
+        for tid in tids:
+            if tid not in sources:
+                raise ValueError(f"Method {method!r}: claim {claim!r} names table {tid!r}, which is not one of the papers' tables.")
+            unfed = [r for r in rows if r not in sources[tid]]
+            if unfed:
+                raise ValueError(f"Method {method!r}: claim {claim!r} names row(s) {unfed} of {tid}, which no run feeds. Rows our runs "
+                                 f"feed there: {', '.join(map(repr, sources[tid])) or 'none'}; declare a run with rows={{{tid!r}: <row>}} first.")
+        out[claim] = (list(tids), list(rows), links)
+    return out
+
+def claim_paper(claim:str) -> str:
+    "The paper a claim is from (the paper of its first table)."
+    return claims()[claim][0][0].split('/')[0]
 
 # %% ../nbs/08d_claims.ipynb #31ba5888
 HOLDS, FAILS, UNSURE, MISSING = 'holds', 'does not hold', 'cannot tell', 'not measured'
@@ -44,9 +53,9 @@ def _metric_columns(tid:str) -> list[str]:
     return [c for c in paper_table(tid)['columns'] if column_source(c).tag is not None]   # not dim, mask_size
 
 def check_claims(tables:dict) -> dict:
-    "Every claim of `CLAIMS` judged on `tables` (from `reid_nb.tables.build_tables`): verdict and per-column links."
+    "Every claim of `claims()` judged on `tables` (from `reid_nb.tables.build_tables`): verdict and per-column links."
     out = {}
-    for claim, (tids, rows, links) in CLAIMS.items():
+    for claim, (tids, rows, links) in claims().items():
         links = [links] * (len(rows) - 1) if isinstance(links, str) else list(links)
         columns = []
         for tid in tids:
@@ -58,7 +67,7 @@ def check_claims(tables:dict) -> dict:
                 columns.append(dict(table=tid, column=col, verdict=combine(verdicts) if MISSING not in verdicts else MISSING,
                                     values=[None if v is None else round(v, 1) for v, _ in vals],
                                     ci95=[None if iv is None else [round(x, 1) for x in iv] for _, iv in vals], links=verdicts))
-        out[claim] = dict(paper=CLAIM_PAPER[claim], rows=rows, verdict=combine([c['verdict'] for c in columns]), columns=columns)
+        out[claim] = dict(paper=tids[0].split('/')[0], rows=rows, verdict=combine([c['verdict'] for c in columns]), columns=columns)
     return out
 
 # %% ../nbs/08d_claims.ipynb #005e50fb

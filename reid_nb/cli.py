@@ -15,7 +15,7 @@ __all__ = ['parse_overrides', 'chapters', 'build_site', 'run_list', 'check_runs'
 
 # %% ../nbs/10_cli.ipynb #1b96a298
 def _run_names(preset:str) -> list[str]:
-    from reid_nb.experiment import experiments_for
+    from reid_nb.methods.registry import experiments_for
     return [n for n, _ in experiments_for(preset)]
 
 def _parser() -> argparse.ArgumentParser:
@@ -136,7 +136,7 @@ def run_list(preset:str):
     "The runs of `preset`: name, method and dataset (what `--list` prints)."
     import pandas as pd
     from reid_nb.core import get_preset
-    from reid_nb.experiment import experiments_for
+    from reid_nb.methods.registry import experiments_for
     cfgs = {n: get_preset(preset, **o) for n, o in experiments_for(preset)}
     return pd.DataFrame([dict(run=n, method=c.method, dataset=c.dataset) for n, c in cfgs.items()])
 

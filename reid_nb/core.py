@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb #96cb49b2
 from __future__ import annotations
-import os, random, shutil, json, warnings, contextlib, uuid, dataclasses
+import hashlib, os, random, shutil, json, warnings, contextlib, uuid, dataclasses
 from dataclasses import dataclass, field, asdict, fields, replace
 from pathlib import Path
 from typing import Any, Iterable
@@ -16,9 +16,10 @@ import torch
 warnings.filterwarnings('ignore', message=r'`torch\.jit\.script` is deprecated', category=FutureWarning)
 
 # %% auto #0
-__all__ = ['PART_LABELS', 'PART', 'PART_COLORS', 'COCO_KEYPOINTS', 'COCO_SKELETON', 'PRESETS', 'check_choice',
+__all__ = ['PART_LABELS', 'PART', 'PART_COLORS', 'COCO_KEYPOINTS', 'COCO_SKELETON', 'PRESETS', 'LAYERS', 'check_choice',
            'available_devices', 'default_device', 'seed_everything', 'data_dir', 'atomic_path', 'write_text_atomic',
-           'write_json_atomic', 'file_lock', 'ExperimentConfig', 'get_preset']
+           'write_json_atomic', 'file_lock', 'ExperimentConfig', 'get_preset', 'Outputs', 'Stage', 'config_key',
+           'layer_of']
 
 # %% ../nbs/00_core.ipynb #df787375
 def check_choice(what:str, value, choices:Iterable):
@@ -161,7 +162,7 @@ COCO_SKELETON = [[16, 14], [14, 12], [17, 15], [15, 13], [12, 13], [6, 12], [7, 
 class ExperimentConfig:
     "Everything that defines one training + evaluation run (what papermill's `parameters` cell fills)."
     name:str = 'baseline'             # run name, used for output files
-    method:str = 'baseline'           # which method recipe (see `reid_nb.recipe.METHODS`)
+    method:str = 'baseline'           # which method (see `reid_nb.methods.registry.METHODS`)
     method_options:dict = field(default_factory=dict)  # the method's own options, e.g. MMGA {'variant': 'dmga'}
     mask_source:str = 'auto'          # masks/keypoints for methods that need them: 'auto' (ground truth where the data has it), 'ground_truth', or a masker
     dataset:str = 'synthreid'         # dataset name (see `reid_nb.data`)
@@ -228,3 +229,55 @@ def get_preset(preset:str, /, **overrides) -> ExperimentConfig:
     "The `ExperimentConfig` of `preset`, with `overrides` (any field, `name` included) applied."
     check_choice('preset', preset, PRESETS)
     return ExperimentConfig.from_dict({**PRESETS[preset], **overrides})
+
+# %% ../nbs/00_core.ipynb #7438575c
+@dataclass
+class Outputs:
+    "A model's train-mode output: named logits, features and maps, read by key (`'logits.id'`, `'feats.triplet'`)."
+    logits:dict = field(default_factory=dict)   # name -> (B, n_classes)
+    feats:dict = field(default_factory=dict)    # name -> (B, D)
+    maps:dict = field(default_factory=dict)     # name -> (B, h, w) or (B, C, h, w)
+
+    def keys(self) -> list[str]: return [f'{k}.{n}' for k in ('logits', 'feats', 'maps') for n in getattr(self, k)]
+
+    def read(self, key:str) -> torch.Tensor:
+        "The tensor named `key` = `'<logits|feats|maps>.<name>'`; an unknown key raises an error listing the available ones."
+        kind, _, name = key.partition('.')
+        found = getattr(self, kind, None) if kind in ('logits', 'feats', 'maps') else None
+        if found is None or name not in found:
+            raise KeyError(f"The model outputs have no {key!r}; available: {', '.join(self.keys()) or 'none'}.")
+        return found[name]
+
+# %% ../nbs/00_core.ipynb #627d615f
+@dataclass
+class Stage:
+    "One fit of a run: epochs, optimiser, learning rates, schedule, and the modules it trains or keeps frozen."
+    name:str = 'train'
+    epochs:int|None = None                        # None: cfg.epochs
+    lr:float|None = None                          # base learning rate (a group's is lr × its multiplier); None: cfg.lr
+    lr_mults:dict = field(default_factory=dict)   # group name -> multiplier, over `default_lr_mults`
+    schedule:str|None = None                      # 'one_cycle' or 'warmup_step'; None: cfg.schedule
+    schedule_kwargs:dict = field(default_factory=dict)  # e.g. warmup_step: dict(warmup=0, milestones=(20,), gamma=0.1)
+    opt:str|None = None                           # 'adam' or 'sgd'; None: cfg.opt
+    freeze:tuple = ()                             # module names frozen in this stage (no gradient, eval mode)
+    train:tuple|None = None                       # if given, only these (top-level) modules train; the rest are frozen
+
+# %% ../nbs/00_core.ipynb #9f2131f0
+def config_key(config) -> str:
+    "A short digest of a full configuration (an `ExperimentConfig` or its dict): the name of its checkpoint folder."
+    c = config.to_dict() if hasattr(config, 'to_dict') else dict(config)
+    return hashlib.sha1(json.dumps(c, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+# %% ../nbs/00_core.ipynb #a251cb4d
+LAYERS = (   # bottom to top: a module may import from its own floor and the floors below it, never from above
+    ('core',), ('pretrain',), ('distributed',), ('data',), ('masking',), ('regions',),
+    ('model', 'losses', 'evaluation', 'reranking'), ('train',), ('method',), ('methods',), ('runner',),
+    ('tables',), ('claims',), ('reports',), ('cli',))
+
+def layer_of(module:str) -> int:
+    "The floor of `reid_nb.<module>` (a dotted name inside a package takes its package's floor); an unknown module is an error."
+    name = module.removeprefix('reid_nb.').split('.')[0]
+    for i, floor in enumerate(LAYERS):
+        if name in floor: return i
+    raise ValueError(f"Module reid_nb.{module.removeprefix('reid_nb.')} is on no floor of reid_nb.core.LAYERS; expected one of "
+                     f"{', '.join(n for f in LAYERS for n in f)}. Add it to LAYERS where it belongs.")

@@ -10,24 +10,24 @@ import torch
 import torch.nn as nn
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Subset
-from fastai.torch_core import rank_distrib, num_distrib, to_float
-from fastai.callback.core import Callback
-from fastai.callback.fp16 import MixedPrecision
-from fastai.callback.channelslast import ChannelsLast
 from .core import check_choice, default_device
 
 # %% auto #0
-__all__ = ['PRECISIONS', 'world_size', 'is_distributed', 'rank_local', 'process_device', 'init_distributed', 'main_first',
-           'all_gather_cat', 'all_reduce_sum', 'map_tensors', 'gather_batch', 'GlobalBatch', 'GlooSyncBatchNorm',
-           'convert_sync_batchnorm', 'supported_precisions', 'check_precision', 'ReIDMixedPrecision',
-           'precision_callbacks', 'distributed_training', 'shard_bounds', 'shard_loader', 'gather_in_order']
+__all__ = ['PRECISIONS', 'world_size', 'process_rank', 'is_distributed', 'rank_local', 'process_device', 'init_distributed',
+           'main_first', 'all_gather_cat', 'all_reduce_sum', 'map_tensors', 'gather_batch', 'GlooSyncBatchNorm',
+           'convert_sync_batchnorm', 'supported_precisions', 'check_precision', 'shard_bounds', 'shard_loader',
+           'gather_in_order']
 
 # %% ../nbs/05b_distributed.ipynb #0ddf329a
 _LOCAL = [0]  # depth of `rank_local` blocks
 
 def world_size() -> int:
     "The number of processes of this job (1 when not launched by `torchrun` / `accelerate launch`)."
-    return max(1, num_distrib())
+    return max(1, int(os.environ.get('WORLD_SIZE', 0)))
+
+def process_rank() -> int:
+    "This process's rank among them (0 in a single process): `$RANK`, as `torchrun` and `accelerate launch` set it."
+    return int(os.environ.get('RANK', 0))
 
 def is_distributed() -> bool:
     "Whether this process works with others now: several processes, the group joined, and not inside `rank_local()`."
@@ -72,10 +72,10 @@ def _leave_group(wait:float=60.):
 def main_first(fn, *args, **kwargs):
     "`fn(*args, **kwargs)` on rank 0 first, then on the other processes — which then find what rank 0 generated or cached."
     if not is_distributed(): return fn(*args, **kwargs)
-    if rank_distrib(): dist.barrier()
+    if process_rank(): dist.barrier()
     try: return fn(*args, **kwargs)
     finally:
-        if not rank_distrib(): dist.barrier()
+        if not process_rank(): dist.barrier()
 
 # %% ../nbs/05b_distributed.ipynb #b8b14934
 class _AllGatherCat(torch.autograd.Function):
@@ -118,14 +118,6 @@ def map_tensors(f, b):
 def gather_batch(b):
     "The global batch from this process's share: every tensor in `b` gathered along dim 0, in rank order."
     return map_tensors(all_gather_cat, b) if is_distributed() else b
-
-# %% ../nbs/05b_distributed.ipynb #f819b7ee
-class GlobalBatch(Callback):
-    "After the forward pass, gather the predictions and labels of every process: the loss is the global batch's."
-    order = MixedPrecision.order + 2   # after mixed precision's cast to float (10) and fastai's DistributedTrainer (11)
-    def after_pred(self):
-        if not is_distributed(): return
-        self.learn.pred, self.learn.yb = gather_batch(self.pred), gather_batch(self.yb)
 
 # %% ../nbs/05b_distributed.ipynb #da9d5b2f
 class GlooSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
@@ -182,35 +174,10 @@ def check_precision(precision:str, device) -> str:
                          "or run on a GPU.")
     return precision
 
-class ReIDMixedPrecision(MixedPrecision):
-    "fastai's `MixedPrecision`, whose cast of the predictions to float also opens a model's `Outputs` (a dataclass)."
-    def after_pred(self): self.learn.pred = map_tensors(lambda t: t.float() if t.is_floating_point() else t, self.pred)
-
-def precision_callbacks(cfg, device) -> list:
-    "The callbacks of `cfg.precision` (mixed precision unless fp32) and `cfg.channels_last`, checked against `device`."
-    cbs = [] if check_precision(cfg.precision, device) == 'fp32' else [ReIDMixedPrecision(amp_mode=cfg.precision)]
-    return cbs + ([ChannelsLast()] if cfg.channels_last else [])
-
-@contextlib.contextmanager
-def distributed_training(learn, sync_bn:bool=False):
-    "Train `learn` inside this block as one of several processes (fastai's `distrib_ctx`); nothing changes in one process."
-    if not is_distributed():
-        yield learn; return
-    import fastai.distributed  # adds Learner.distrib_ctx (imports Accelerate)
-    from accelerate.utils import DistributedDataParallelKwargs
-    device = next(learn.model.parameters()).device
-    if sync_bn: learn.model = convert_sync_batchnorm(learn.model, device)
-    handlers = [DistributedDataParallelKwargs(find_unused_parameters=True)]
-    with learn.distrib_ctx(sync_bn=False, cpu=device.type == 'cpu', mixed_precision='no', kwargs_handlers=handlers):
-        learn.distributed_trainer._wrap_dl = lambda dl: dl   # PKSampler shards the train batches; evaluation shards itself
-        learn.add_cb(GlobalBatch())
-        try: yield learn
-        finally: learn.remove_cb(GlobalBatch)
-
 # %% ../nbs/05b_distributed.ipynb #21ee5df3
 def shard_bounds(n:int, rank:int|None=None, world:int|None=None) -> tuple[int, int]:
     "This process's contiguous slice `[lo, hi)` of `n` items: sizes differ by at most one, in rank order."
-    rank = rank_distrib() if rank is None else rank; world = world_size() if world is None else world
+    rank = process_rank() if rank is None else rank; world = world_size() if world is None else world
     return rank * n // world, (rank + 1) * n // world
 
 def shard_loader(dl:DataLoader) -> DataLoader:

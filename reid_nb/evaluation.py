@@ -15,7 +15,8 @@ from .distributed import is_distributed, world_size, shard_loader, gather_in_ord
 # %% auto #0
 __all__ = ['RANKS', 'extract_features', 'euclidean_distance', 'protocol_keep', 'evaluate_ranking', 'pool_features',
            'single_gallery_shot_picks', 'evaluate_single_gallery_shot', 'mean_over_splits', 'bootstrap_ci',
-           'chance_level', 'plot_cmc', 'ranked_gallery', 'describe_gallery', 'plot_ranked_list']
+           'chance_level', 'plot_cmc', 'ranked_gallery', 'describe_gallery', 'plot_ranked_list', 'protocol_name',
+           'evaluate_protocol', 'protocol_chance']
 
 # %% ../nbs/06_evaluation.ipynb #d99e5a5e
 def _as_tensor(x, what:str, dtype=None, device=None) -> torch.Tensor:
@@ -455,3 +456,24 @@ def plot_ranked_list(query_paths, gallery_paths, distmat, q_pids, g_pids, q_cami
     fig.suptitle(f"Top {topk} of the gallery ({describe_gallery(g_pids)}), same identity and camera removed", fontsize=10)
     fig.tight_layout(rect=(0, 0.5 / fig.get_figheight(), 1, 1))
     return fig
+
+# %% ../nbs/06_evaluation.ipynb #f64bcfd1
+def _single_gallery_shot(protocol:dict) -> bool: return protocol.get('eval') == 'single_gallery_shot'
+
+def protocol_name(protocol:dict) -> str:
+    "How a dataset's main evaluation is labelled in reports (CUHK03 classic names its split)."
+    if not _single_gallery_shot(protocol): return 'single query'
+    return f"single-gallery-shot, split {protocol.get('split', 0)} of {protocol.get('n_splits', 20)}"
+
+def evaluate_protocol(distmat, q_pids, g_pids, q_camids, g_camids, protocol:dict, seed:int=0) -> dict:
+    "CMC / mAP / mINP of `distmat` under `protocol` (a dataset's `protocol` dict); classic CUHK03 has CMC only."
+    if _single_gallery_shot(protocol):
+        return evaluate_single_gallery_shot(distmat, q_pids, g_pids, q_camids, g_camids, repeats=protocol.get('repeats', 10), seed=seed)
+    return evaluate_ranking(distmat, q_pids, g_pids, q_camids, g_camids)
+
+def protocol_chance(q_pids, g_pids, q_camids, g_camids, protocol:dict) -> dict:
+    "Expected rank-1 and mAP of a random ranking under `protocol` (mAP is None: undefined for single-gallery-shot)."
+    if _single_gallery_shot(protocol):  # one image per identity: the match is one of n candidates
+        n = len(set(int(p) for p in g_pids) - {-1})
+        return {'rank1': 1/n, 'mAP': None}
+    return chance_level(q_pids, g_pids, q_camids, g_camids)

@@ -9,7 +9,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from .core import check_choice
-from .model import Outputs
+from .core import Outputs
 
 # %% auto #0
 __all__ = ['pairwise_distance', 'hardest_pairs', 'batch_hard_triplet_loss', 'margin_sample_mining_loss', 'cross_entropy', 'Term',

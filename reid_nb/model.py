@@ -14,10 +14,12 @@ from torch import nn
 import torch.nn.functional as F
 from torchvision.models import ResNet18_Weights, ResNet34_Weights, ResNet50_Weights
 from torchvision.models.resnet import ResNet, BasicBlock, Bottleneck
-from .core import check_choice
+from .core import check_choice, Outputs
+from .pretrain import standin_budget, standin_file
 
 # %% auto #0
-__all__ = ['BACKBONES', 'BackboneSpec', 'set_last_stride', 'build_backbone', 'Outputs', 'ReIDBaseline', 'build_baseline']
+__all__ = ['BACKBONES', 'BackboneSpec', 'set_last_stride', 'build_backbone', 'backbone_from_config', 'ReIDBaseline',
+           'build_baseline']
 
 # %% ../nbs/04_model.ipynb #29815332
 class BackboneSpec(NamedTuple):
@@ -56,10 +58,9 @@ def _load_state_dict_file(path) -> dict:
 def _load_weights(resnet:nn.Module, name:str, pretrained) -> str|None:
     "Load ImageNet (or file, or stand-in) weights into `resnet`; return a description of what was loaded, None for random init."
     spec = BACKBONES[name]
-    if isinstance(pretrained, str) and pretrained.split(':')[0] == 'standin':
-        from reid_nb.pretrain import standin_weights  # the stand-in trains a network built here: import when asked
-        path = standin_weights(name, pretrained.partition(':')[2] or 'quick')
-        sd, what = _load_state_dict_file(path), f"SynthReID stand-in {pretrained.partition(':')[2] or 'quick'} ({path.name})"
+    if standin_budget(pretrained):   # the stand-in's cached file: trained by the runner, never here
+        path = standin_file(pretrained, name)
+        sd, what = _load_state_dict_file(path), f"SynthReID stand-in {standin_budget(pretrained)} ({path.name})"
     elif isinstance(pretrained, (str, Path)):
         sd, what = _load_state_dict_file(pretrained), str(pretrained)
     elif spec.weights is None:
@@ -98,23 +99,9 @@ def build_backbone(name:str='resnet50', pretrained=True, last_stride:int=1) -> t
     trunk.pretrained_weights = loaded
     return trunk, 512 * spec.block.expansion
 
-# %% ../nbs/04_model.ipynb #7438575c
-@dataclass
-class Outputs:
-    "A model's train-mode output: named logits, features and maps, read by key (`'logits.id'`, `'feats.triplet'`)."
-    logits:dict = field(default_factory=dict)   # name -> (B, n_classes)
-    feats:dict = field(default_factory=dict)    # name -> (B, D)
-    maps:dict = field(default_factory=dict)     # name -> (B, h, w) or (B, C, h, w)
-
-    def keys(self) -> list[str]: return [f'{k}.{n}' for k in ('logits', 'feats', 'maps') for n in getattr(self, k)]
-
-    def read(self, key:str) -> torch.Tensor:
-        "The tensor named `key` = `'<logits|feats|maps>.<name>'`; an unknown key raises an error listing the available ones."
-        kind, _, name = key.partition('.')
-        found = getattr(self, kind, None) if kind in ('logits', 'feats', 'maps') else None
-        if found is None or name not in found:
-            raise KeyError(f"The model outputs have no {key!r}; available: {', '.join(self.keys()) or 'none'}.")
-        return found[name]
+def backbone_from_config(cfg) -> tuple[nn.Sequential, int]:
+    "`build_backbone` of the configuration's backbone, weights and last stride: the trunk every method's model starts from."
+    return build_backbone(cfg.backbone, pretrained=cfg.pretrained, last_stride=cfg.last_stride)
 
 # %% ../nbs/04_model.ipynb #547daf69
 class ReIDBaseline(nn.Module):
@@ -146,5 +133,5 @@ def build_baseline(cfg, n_classes:int) -> nn.Module:
     "The BNNeck baseline on backbone `cfg.backbone` with an identity classifier over `n_classes`."
     check_choice('backbone', cfg.backbone, BACKBONES)
     if n_classes < 2: raise ValueError(f"Expected at least 2 training identities (n_classes), got {n_classes}.")
-    bb, c = build_backbone(cfg.backbone, pretrained=cfg.pretrained, last_stride=cfg.last_stride)
+    bb, c = backbone_from_config(cfg)
     return ReIDBaseline(bb, c, n_classes, embed_dim=cfg.embed_dim)

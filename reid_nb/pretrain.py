@@ -9,11 +9,11 @@ from dataclasses import replace
 from pathlib import Path
 import torch
 from .core import ExperimentConfig, check_choice, data_dir, write_json_atomic, atomic_path, file_lock
-from .experiment import config_key
+from .core import config_key
 
 # %% auto #0
-__all__ = ['STANDIN_SEED', 'STANDIN_BUDGETS', 'standin_config', 'standin_budget', 'standin_path', 'standin_weights',
-           'standin_record', 'weights_note']
+__all__ = ['STANDIN_SEED', 'STANDIN_BUDGETS', 'standin_config', 'standin_budget', 'standin_path', 'standin_record',
+           'standin_file', 'weights_note']
 
 # %% ../nbs/07c_pretrain.ipynb #9e32eb4e
 STANDIN_SEED = 90_000   # a SynthReID world no analog uses (they use data_seed, +10 000, +20 000 with data_seed < 10 000)
@@ -49,35 +49,20 @@ def _record_ok(path:Path, cfg) -> bool:
     except (OSError, ValueError): return False
     return path.is_file() and rec.get('config') == cfg.to_dict()
 
-def standin_weights(backbone:str, budget:str='quick', progress:bool=True, force:bool=False) -> Path:
-    "The cached stand-in trunk `backbone` of `budget` (trained now if missing, or if `force`): a torchvision-layout state dict."
-    cfg, path = standin_config(backbone, budget), standin_path(backbone, budget)
-    if not force and _record_ok(path, cfg): return path
-    with file_lock(path):   # processes asking at once (parallel notebooks) train it once
-        if not force and _record_ok(path, cfg): return path
-        return _pretrain(cfg, path, backbone, budget, progress)
-
-def _pretrain(cfg, path:Path, backbone:str, budget:str, progress:bool) -> Path:
-    "Train the stand-in of `cfg` with the shared runner; write its trunk to `path` and its record beside it, atomically."
-    from reid_nb.runner import Run   # the runner builds backbones itself: import when a pretraining is due
-    if progress: print(f"Pretraining the {budget} stand-in for ImageNet weights of {backbone} (once; cached at {path}) …", flush=True)
-    t0 = time.time()
-    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
-        warnings.simplefilter('ignore')
-        run = Run(cfg, tmp, preset='standin', progress=progress)
-        run.load_data(); run.build(); run.train(); run.evaluate()
-        state = {k: v.detach().cpu().clone() for k, v in run.model.backbone.state_dict().items()}
-        own = {k: run.results[run.main][k] for k in ('rank1', 'mAP')} | {f'chance_{k}': v for k, v in run.chance.items()}
-        ids = run.ds.num_train_pids
-    with atomic_path(path) as tmp: torch.save(state, tmp)
-    write_json_atomic(path.with_suffix('.json'), dict(config=cfg.to_dict(), backbone=backbone, budget=budget, world=STANDIN_SEED,
-                                                      train_identities=ids, own_test=own, seconds=round(time.time() - t0, 1)))
-    return path
-
 def standin_record(backbone:str, budget:str='quick') -> dict|None:
     "How the cached stand-in was made (configuration, identities, its own test rank-1 / mAP, seconds), or None if not trained yet."
     path = standin_path(backbone, budget)
     return json.loads(path.with_suffix('.json').read_text()) if _record_ok(path, standin_config(backbone, budget)) else None
+
+def standin_file(pretrained, backbone:str) -> Path:
+    "The cached weights file a `pretrained='standin:<budget>'` value names for `backbone`; an error if it is not trained yet."
+    budget = standin_budget(pretrained)
+    path = standin_path(backbone, budget)
+    if not _record_ok(path, standin_config(backbone, budget)):
+        raise FileNotFoundError(f"pretrained={pretrained!r} names the {budget} stand-in weights of {backbone}, expected at {path}, "
+                                f"which are not trained yet. Train them with `reid_nb.runner.standin_weights({backbone!r}, {budget!r})` "
+                                "(a `Run` does so before it builds its model), or pass pretrained=False.")
+    return path
 
 # %% ../nbs/07c_pretrain.ipynb #01ea05bf
 def weights_note(pretrained_values) -> str:

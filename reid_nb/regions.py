@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 import torch.nn.functional as F
-from matplotlib.path import Path as MplPath
 from .core import check_choice, PART_LABELS, PART, PART_COLORS, COCO_KEYPOINTS, COCO_SKELETON
 
 # %% auto #0
@@ -109,6 +108,7 @@ def _segment_distance(pts:np.ndarray, a:np.ndarray, b:np.ndarray) -> np.ndarray:
 
 def part_masks(mask:np.ndarray, keypoints, min_visibility:float=1, max_tilt:float=30.0) -> RegionSplit:
     "MGRAN-PL's part-level split: head, torso, left/right arm, left/right leg (nearest body shape)."
+    from matplotlib.path import Path as MplPath   # point-in-polygon; the module imports without matplotlib
     mask = np.asarray(mask, bool); h, w = mask.shape
     reg = region_masks(mask, keypoints, min_visibility, max_tilt)
     k = np.asarray(keypoints, np.float64).reshape(-1, 3); ok = k[:, 2] >= min_visibility

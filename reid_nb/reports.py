@@ -10,8 +10,10 @@ from pathlib import Path
 import pandas as pd
 import reid_nb
 from .core import atomic_path, check_choice, write_text_atomic, write_json_atomic, PRESETS, ExperimentConfig, get_preset
-from .experiment import RunRecord, experiments_for, validate_config, run_overrides, run_reuse, config_key
-from .pretrain import standin_budget, standin_weights
+from .runner import RunRecord, validate_config, standin_weights
+from .methods.registry import experiments_for, run_overrides, run_reuse
+from .core import config_key
+from .pretrain import standin_budget
 
 # %% auto #0
 __all__ = ['notebooks_dir', 'render_html', 'follow', 'clear_leftovers', 'RunFailed', 'execute_run', 'minutes', 'results_table',
@@ -356,7 +358,7 @@ def _feeds(name:str) -> list[str]:
 
 def dry_run(preset:str, runs, out) -> pd.DataFrame:
     "What `reproduce` would do: each planned run, the tables it feeds, reused or to compute, and its cost (image passes; measured time if cached)."
-    from reid_nb.recipe import build_stages
+    from reid_nb.methods.registry import build_stages
     rows = []
     for name, o, ckpt in runs:
         cfg = validate_config(get_preset(preset, **o)); rec, why = cached_record(Path(out)/'runs'/name, cfg.to_dict(), preset)
@@ -396,7 +398,8 @@ def _mask_weights(source:str|None) -> list[Path]:
 
 def check_weights(preset:str, runs):
     "One error, before any run starts, naming every mask network's weights file the planned `runs` need that is missing."
-    from reid_nb.recipe import get_method, method_options, resolve_mask_source
+    from reid_nb.methods.registry import get_method, method_options
+    from reid_nb.method import resolve_mask_source
     missing = {}
     for name, o, _ in runs:
         c = get_preset(preset, **o); m, opts = get_method(c.method), method_options(c)

@@ -4,24 +4,109 @@
 
 # %% ../nbs/08b_runner.ipynb #416c716d
 from __future__ import annotations
-import time
+import json, platform, tempfile, time, warnings
+from dataclasses import dataclass, field, asdict
 from pathlib import Path
 import numpy as np
 import matplotlib.pyplot as plt
 import torch
 from fastai.callback.core import Callback
-from .core import ExperimentConfig, seed_everything, default_device, check_choice
-from .experiment import load_dataset, validate_config, evaluate_protocol, protocol_chance, protocol_name, RunRecord
-from .data.pipeline import build_dataloaders, eval_dataloader, SamplerEpoch
-from .recipe import get_method, method_options, build_model, build_loss, build_stages, evaluation_choices, resolve_mask_source, mask_extras
-from .train import reid_learner, fit_stages, ReIDEvalCallback, plot_training_curves, training_history
-from .evaluation import extract_features, euclidean_distance, pool_features, plot_cmc, plot_ranked_list, describe_gallery
-from .reranking import re_ranking
-from .distributed import process_device, init_distributed, precision_callbacks, distributed_training, rank_local, main_first
 from fastai.torch_core import rank_distrib
+from .core import ExperimentConfig, seed_everything, default_device, check_choice, write_json_atomic, atomic_path, file_lock
+from .pretrain import STANDIN_BUDGETS, STANDIN_SEED, standin_config, standin_path, standin_budget, _record_ok
+from .data.registry import (DATASET_NAMES as DATASETS, DATASET_OPTIONS, SYNTHETIC_ANALOGS, synth_sizes, load_dataset)
+from .data.pipeline import build_dataloaders, eval_dataloader
+from .model import BACKBONES
+from .evaluation import (evaluate_protocol, protocol_chance, protocol_name, extract_features, euclidean_distance, pool_features,
+                                plot_cmc, plot_ranked_list, describe_gallery, bootstrap_ci)
+from .reranking import re_ranking
+from .distributed import process_device, init_distributed, rank_local, main_first, check_precision
+from .train import (OPTIMIZERS, SCHEDULES, reid_learner, fit_stages, ReIDEvalCallback, plot_training_curves,
+                           training_history, SamplerEpoch, precision_callbacks, distributed_training)
+from .method import MASK_SOURCES, resolve_mask_source, mask_extras
+from .methods.registry import (METHODS, get_method, method_options, build_model, build_loss, build_stages,
+                                      evaluation_choices)
 
 # %% auto #0
-__all__ = ['Run', 'EpochLog', 'multi_query_records', 'run_experiment']
+__all__ = ['validate_config', 'RunRecord', 'Run', 'EpochLog', 'multi_query_records', 'run_experiment', 'standin_weights']
+
+# %% ../nbs/08b_runner.ipynb #eae0be2c
+def validate_config(cfg:ExperimentConfig) -> ExperimentConfig:
+    "Raise a `ValueError` listing every invalid field of `cfg` (unknown names, out-of-range numbers); else return `cfg`."
+    problems = []
+    def choice(what, value, choices):
+        try: check_choice(what, value, choices)
+        except ValueError as e: problems.append(str(e))
+    choice('method', cfg.method, METHODS); choice('backbone', cfg.backbone, BACKBONES)
+    choice('schedule', cfg.schedule, SCHEDULES); choice('mask source', str(cfg.mask_source).split(':')[0], MASK_SOURCES)
+    if cfg.method in METHODS and not problems:  # the method's own options, and where its masks come from
+        try:
+            m = get_method(cfg.method); opts = m.parse(cfg.method_options)
+            resolve_mask_source(cfg, m.carries(cfg, opts, train=True) + m.carries(cfg, opts, train=False))
+        except ValueError as e: problems.append(str(e))
+    choice('dataset', cfg.dataset, DATASETS); choice('optimizer (opt)', cfg.opt, OPTIMIZERS)
+    choice('last_stride', cfg.last_stride, (1, 2))
+    if cfg.dataset in SYNTHETIC_ANALOGS: choice(f'synth_size for {cfg.dataset}', cfg.synth_size, synth_sizes(cfg.dataset))
+    choice('multi_query pooling', cfg.multi_query, ('mean', 'max'))
+    if cfg.dataset in DATASETS:
+        allowed = [o for o in DATASET_OPTIONS[cfg.dataset] if o not in ('size', 'seed')]  # those come from synth_size / data_seed
+        for o in cfg.dataset_options:
+            if o not in allowed: problems.append(f"Unknown dataset option {o!r} for {cfg.dataset}. Valid options: {', '.join(allowed) or 'none'}.")
+    for name, least in dict(height=32, width=16, embed_dim=1, P=2, K=2, epochs=1).items():
+        if getattr(cfg, name) < least: problems.append(f"{name} must be at least {least}, got {getattr(cfg, name)}.")
+    if cfg.backbone_lr_mult is not None and cfg.backbone_lr_mult < 0: problems.append(f"backbone_lr_mult must be ≥ 0 (or None), got {cfg.backbone_lr_mult}.")
+    for name in ('lr', 'weight_decay', 'triplet_margin', 'triplet_weight'):
+        if getattr(cfg, name) < 0 or (name == 'lr' and cfg.lr == 0): problems.append(f"{name} must be positive, got {getattr(cfg, name)}.")
+    for name in ('label_smoothing', 'random_erasing'):
+        if not 0 <= getattr(cfg, name) <= 1: problems.append(f"{name} must lie in [0, 1], got {getattr(cfg, name)}.")
+    if isinstance(cfg.pretrained, str) and cfg.pretrained.split(':')[0] == 'standin':
+        if (b := cfg.pretrained.partition(':')[2] or 'quick') not in STANDIN_BUDGETS:
+            problems.append(f"pretrained={cfg.pretrained!r} asks for stand-in budget {b!r}; valid: "
+                            + ', '.join(f"'standin:{k}'" for k in STANDIN_BUDGETS) + ".")
+    elif isinstance(cfg.pretrained, str) and not Path(cfg.pretrained).expanduser().is_file():
+        problems.append(f"pretrained names the weights file {cfg.pretrained!r}, which does not exist; give an existing file, "
+                        "'standin[:smoke|quick|cpu]', true or false.")
+    try:
+        check_precision(cfg.precision, default_device(cfg.device))
+    except ValueError as e: problems.append(str(e))
+    if problems: raise ValueError('Invalid experiment configuration:\n- ' + '\n- '.join(problems))
+    return cfg
+
+# %% ../nbs/08b_runner.ipynb #6714a255
+@dataclass
+class RunRecord:
+    "Everything a report needs from one run, stored as `metrics.json`."
+    name:str
+    preset:str
+    config:dict
+    dataset:dict                      # name and per-split ids / images / cameras
+    metrics:dict                      # the main evaluation: rank1, rank5, rank10, mAP, mINP, cmc (list)
+    chance:dict                       # rank1 and mAP of a random ranking on the same problem
+    timings:dict = field(default_factory=dict)   # seconds per stage
+    history:list = field(default_factory=list)   # per-epoch training / evaluation history
+    figures:list = field(default_factory=list)   # file names of figures beside metrics.json
+    results:dict = field(default_factory=dict)   # every evaluation by name (single query, multi query, re-ranking …), with ci95
+    recipe:dict = field(default_factory=dict)    # the method as run: options, loss terms, stages, evaluation choices, mask source
+    per_query:dict = field(default_factory=dict) # evaluation name -> metric -> per-query scores (what the intervals resample)
+    versions:dict = field(default_factory=lambda: dict(python=platform.python_version(), torch=torch.__version__))
+
+    def save(self, out_dir) -> Path:
+        "Write `metrics.json` into `out_dir` atomically."
+        return write_json_atomic(Path(out_dir)/'metrics.json', asdict(self), default=_to_builtin)
+
+    @classmethod
+    def load(cls, path):
+        "Read a `metrics.json` (or the run folder holding it)."
+        path = Path(path)
+        if path.is_dir(): path = path/'metrics.json'
+        if not path.exists(): raise FileNotFoundError(f"No run record at {path}: expected the metrics.json a run of 90_experiment.ipynb writes.")
+        return cls(**json.loads(path.read_text()))
+
+def _to_builtin(o):
+    "JSON fallback for numpy / torch scalars and arrays."
+    if hasattr(o, 'tolist'): return o.tolist()
+    if isinstance(o, Path): return str(o)
+    raise TypeError(f"{type(o).__name__} is not JSON serialisable")
 
 # %% ../nbs/08b_runner.ipynb #ac0012c0
 _KEEP = ('rank1', 'rank5', 'rank10', 'rank20', 'mAP', 'mAP_trapezoid', 'mINP', 'cmc', 'ci95', 'num_valid_queries')
@@ -80,7 +165,9 @@ class Run:
         self.query_dl = eval_dataloader(ds.query, c, extras=test_extras, recipe=recipe)
         self.gallery_dl = eval_dataloader(ds.gallery, c, extras=test_extras, recipe=recipe)
         self.recipe_, self.test_extras = recipe, test_extras
-        self.model = main_first(build_model, c, ds.num_train_pids)   # rank 0 pretrains the stand-in weights if not cached
+        if budget := standin_budget(c.pretrained):   # rank 0 pretrains the stand-in weights if not cached; the model loads them
+            main_first(standin_weights, c.backbone, budget, progress=self.progress and self.is_main)
+        self.model = build_model(c, ds.num_train_pids)
         self.eval_cb = ReIDEvalCallback(self.query_dl, self.gallery_dl, every=max(1, c.epochs // 2), flip=self.choices['flip_test'],
                                         evaluate_fn=self.evaluate_distances)
         self.stages = build_stages(c)
@@ -132,7 +219,6 @@ def multi_query_records(ds) -> tuple[list, np.ndarray]:
 
 def _with_interval(res:dict, seed:int) -> tuple[dict, dict]:
     "The kept metrics of a result with its bootstrap interval, and its per-query scores (as lists)."
-    from reid_nb.evaluation import bootstrap_ci
     pq = res.get('per_query') or {}
     out = {k: res[k] for k in _KEEP if k in res}
     if pq: out['ci95'] = {k: [float(lo), float(hi)] for k, (lo, hi) in bootstrap_ci(pq, seed=seed).items()}
@@ -235,3 +321,29 @@ def run_experiment(cfg:ExperimentConfig, out_dir, preset:str='custom', ckpt_dir=
         for plot in (run.plot_training, run.plot_cmc, run.plot_ranked_list): plt.close(plot())
         run.method_figures('after')
     return run.record()
+
+# %% ../nbs/08b_runner.ipynb #7355ff3b
+def standin_weights(backbone:str, budget:str='quick', progress:bool=True, force:bool=False) -> Path:
+    "The cached stand-in trunk `backbone` of `budget` (trained now if missing, or if `force`): a torchvision-layout state dict."
+    cfg, path = standin_config(backbone, budget), standin_path(backbone, budget)
+    if not force and _record_ok(path, cfg): return path
+    with file_lock(path):   # processes asking at once (parallel notebooks) train it once
+        if not force and _record_ok(path, cfg): return path
+        return _pretrain(cfg, path, backbone, budget, progress)
+
+def _pretrain(cfg, path:Path, backbone:str, budget:str, progress:bool) -> Path:
+    "Train the stand-in of `cfg` with the shared runner; write its trunk to `path` and its record beside it, atomically."
+    from reid_nb.runner import Run   # the runner builds backbones itself: import when a pretraining is due
+    if progress: print(f"Pretraining the {budget} stand-in for ImageNet weights of {backbone} (once; cached at {path}) …", flush=True)
+    t0 = time.time()
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        run = Run(cfg, tmp, preset='standin', progress=progress)
+        run.load_data(); run.build(); run.train(); run.evaluate()
+        state = {k: v.detach().cpu().clone() for k, v in run.model.backbone.state_dict().items()}
+        own = {k: run.results[run.main][k] for k in ('rank1', 'mAP')} | {f'chance_{k}': v for k, v in run.chance.items()}
+        ids = run.ds.num_train_pids
+    with atomic_path(path) as tmp: torch.save(state, tmp)
+    write_json_atomic(path.with_suffix('.json'), dict(config=cfg.to_dict(), backbone=backbone, budget=budget, world=STANDIN_SEED,
+                                                      train_identities=ids, own_test=own, seconds=round(time.time() - t0, 1)))
+    return path

@@ -12,14 +12,17 @@ from pathlib import Path
 from typing import NamedTuple
 import pandas as pd
 from .core import PRESETS, check_choice, write_text_atomic
-from .experiment import RunRecord, protocol_name
+from .runner import RunRecord
+from .evaluation import protocol_name
 from .pretrain import weights_note
+from .method import MAIN, MAIN_RERANKED
+from .methods.registry import declared_rows, declared_tables
 
 # %% auto #0
-__all__ = ['TABLE_IDS', 'METRIC_LABELS', 'MAIN', 'MAIN_RERANKED', 'ROW_SOURCES', 'FOOTNOTES', 'SEED_SEP', 'TITLES',
-           'paper_tables', 'paper_table', 'ColumnSource', 'column_source', 'RowSource', 'row_runs', 'runs_for_tables',
-           'tables_for_run', 'evaluation_name', 'seed_name', 'build_tables', 'table_frame', 'table_file_name',
-           'table_page_html', 'write_table_pages', 'tables_index_html']
+__all__ = ['TABLE_IDS', 'METRIC_LABELS', 'SEED_SEP', 'paper_tables', 'paper_table', 'ColumnSource', 'column_source', 'RowSource',
+           'row_sources', 'row_runs', 'runs_for_tables', 'tables_for_run', 'footnotes', 'evaluation_name', 'seed_name',
+           'table_title', 'build_tables', 'table_frame', 'table_file_name', 'table_page_html', 'write_table_pages',
+           'tables_index_html']
 
 # %% ../nbs/08c_tables.ipynb #be8b7a08
 @cache
@@ -78,35 +81,34 @@ def column_source(column:str) -> ColumnSource:
     return ColumnSource(None, column, None, '')
 
 # %% ../nbs/08c_tables.ipynb #1a9d3d65
-MAIN, MAIN_RERANKED = 'main', 'main + re-ranking'
-
 class RowSource(NamedTuple):
     stem:str                 # run name without its dataset tag: the run is f'{stem}-{tag}'
     result:str = MAIN        # evaluation in the run's record: 'main', 'main + re-ranking', or a literal name
+    method:str = ''          # the method whose runs feed the row
 
-_FMN_SOTA = {'Basel. (GRN)': RowSource('fmn', 'GRN'), 'FMN': RowSource('fmn'), 'FMN+re-rank': RowSource('fmn', MAIN_RERANKED)}
-
-ROW_SOURCES = {
-    'MGRAN/table2_market': {'MGRAN': RowSource('mgran')},
-    'MGRAN/table3_duke': {'MGRAN': RowSource('mgran')},
-    'MGRAN/table4_cuhk03': {'MGRAN': RowSource('mgran')},
-    'MGRAN/table5_multi_feature_fusion': {'MGRAN-GF (no global feature)': RowSource('mgran-gf'), 'MGRAN': RowSource('mgran')},
-    'MGRAN/table6_region_level_alignment': {'MGRAN-PL (part-level)': RowSource('mgran-pl'),
-                                            'MGRAN-RL (region-level)': RowSource('mgran')},
-    'MMGA/table1_ablation': {'Baseline': RowSource('mmga-baseline'), 'Baseline+Att': RowSource('mmga-att'),
-                             'WMGA': RowSource('mmga-wmga'), 'DMGA': RowSource('mmga-dmga'), 'MMGA': RowSource('mmga')},
-    'MMGA/table2_sota': {'MMGA': RowSource('mmga')},
-    'FMN/table1_branches': {'GRN': RowSource('fmn', 'GRN'), 'LAN': RowSource('fmn', 'LAN'), 'FMN': RowSource('fmn')},
-    'FMN/table2_market': _FMN_SOTA, 'FMN/table3_duke': _FMN_SOTA, 'FMN/table4_cuhk03_new_protocol': _FMN_SOTA,
-    'FMN/table5_masked_layer': {'Pool1': RowSource('fmn'), 'Res2': RowSource('fmn-res2'), 'Res3': RowSource('fmn-res3'),
-                                'Res4': RowSource('fmn-res4')}}
+def row_sources() -> dict:
+    "`{table id: {row: RowSource}}` for every table, in the paper's row order, derived from the registered methods' runs."
+    out = {tid: {} for tid in TABLE_IDS}
+    for tid, rows in declared_rows().items():
+        stem, _, method = next(iter(rows.values()))
+        if tid not in TABLE_IDS:
+            raise ValueError(f"Method {method!r}: run {stem!r} feeds table {tid!r}, which is not one of the papers' tables. "
+                             f"Valid table ids: {', '.join(TABLE_IDS)}.")
+        paper_rows = list(paper_table(tid)['rows'])
+        for row, (stem, _, method) in rows.items():
+            if row not in paper_rows:
+                raise ValueError(f"Method {method!r}: run {stem!r} feeds row {row!r} of {tid}, which that table does not have. "
+                                 f"Its rows: {', '.join(map(repr, paper_rows))}.")
+        out[tid] = {row: RowSource(*rows[row]) for row in paper_rows if row in rows}
+    return out
 
 # %% ../nbs/08c_tables.ipynb #7b927108
 def row_runs(table_id:str, row:str) -> dict:
     "`{column: (run name, evaluation key)}` for the metric columns of reproduced `row` of `table_id`."
     _split_id(table_id)
-    check_choice(f'reproduced row of {table_id}', row, ROW_SOURCES[table_id])
-    src = ROW_SOURCES[table_id][row]
+    sources = row_sources()[table_id]
+    check_choice(f'reproduced row of {table_id}', row, sources)
+    src = sources[row]
     out = {}
     for col in paper_table(table_id)['columns']:
         c = column_source(col)
@@ -122,7 +124,7 @@ def runs_for_tables(table_ids) -> list[str]:
     names = set()
     for tid in table_ids:
         _split_id(tid)
-        for row in ROW_SOURCES[tid]: names |= {run for run, _ in row_runs(tid, row).values()}
+        for row in row_sources()[tid]: names |= {run for run, _ in row_runs(tid, row).values()}
     return sorted(names)
 
 def tables_for_run(run_name:str) -> list[str]:
@@ -130,27 +132,9 @@ def tables_for_run(run_name:str) -> list[str]:
     return [tid for tid in TABLE_IDS if run_name in runs_for_tables([tid])]
 
 # %% ../nbs/08c_tables.ipynb #25f70d3c
-FOOTNOTES = {
-    'MGRAN/table4_cuhk03': [
-        "Mixed protocols in the paper: this is a CUHK03 table under the classic protocol (single-gallery-shot rank-1 / "
-        "rank-5), but its DPFL (labeled 43.00, detected 40.70) and DaF (27.50, 26.40) rows are new-protocol (767/700 split) "
-        "results, a much harder setting — rank-1 of 26–43 % where every classic-protocol row has 54–93 %. FMN's Table 4, "
-        "a new-protocol table, quotes DPFL's detected rank-1 as the same 40.7. Do not compare those two rows with the others "
-        "or with ours."],
-    'MMGA/table2_sota': [
-        "The paper prints this row as “MSCAN [29]”, but its reference [29] is Song et al., “Mask-guided contrastive attention "
-        "model for person re-identification” (CVPR 2018), i.e. MGCAM, not MSCAN; the row's numbers (rank-1 83.8, mAP 74.3) "
-        "are not the MSCAN numbers that MGRAN's Table 2 and FMN's Table 2 quote (80.31, 57.53). The row keeps the paper's name."],
-    'FMN/table1_branches': [
-        "The paper's Tables 1 and 4 disagree on two CUHK03 (new protocol) numbers: GRN (“Basel.” in Table 4) detected rank-1 "
-        "is 38.00 in Table 1 but 38.2 in Table 4, and FMN labeled rank-1 is 40.71 in Table 1 but 41.0 in Table 4. GRN detected "
-        "mAP is 33.68 here and printed as “34” in Table 4 (consistent only as a whole number); the other five numbers the two "
-        "tables share agree after rounding. Our numbers are compared with this table (two decimals)."],
-    'FMN/table4_cuhk03_new_protocol': [
-        "The paper's Tables 1 and 4 disagree on two of these numbers: “Basel.” (GRN) detected rank-1 is 38.2 here but 38.00 "
-        "in Table 1, and FMN labeled rank-1 is 41.0 here but 40.71 in Table 1 (which rounds to 40.7). “Basel.” detected mAP "
-        "is printed as “34” here (shown as 34.0) and is 33.68 in Table 1, consistent only as a whole number; the other five "
-        "numbers the two tables share agree after rounding. Compare ours with Table 1, which gives two decimals."]}
+def footnotes(table_id:str) -> list[str]:
+    "The notes the method of `table_id`'s paper gives the table (`Method.tables`): where the paper contradicts itself, and the like."
+    return list(declared_tables().get(table_id, {}).get('footnotes', []))
 
 # %% ../nbs/08c_tables.ipynb #a146be45
 def evaluation_name(record:RunRecord, key:str) -> str:
@@ -214,19 +198,11 @@ def _measure(table_id:str, row:str, records:dict) -> tuple[dict, dict, dict, lis
     return measured, ci95, {c: runs[c] for c in columns if c in runs}, list(dict.fromkeys(datasets))
 
 # %% ../nbs/08c_tables.ipynb #5467a3f7
-TITLES = {
-    'MGRAN/table2_market': 'Table 2. Comparison results on Market-1501',
-    'MGRAN/table3_duke': 'Table 3. Comparison results on DukeMTMC-reID',
-    'MGRAN/table4_cuhk03': 'Table 4. Comparison results on CUHK03',
-    'MGRAN/table5_multi_feature_fusion': 'Table 5. Effectiveness of multi-feature fusion (MF)',
-    'MGRAN/table6_region_level_alignment': 'Table 6. Effectiveness of region-level feature alignment (RFA)',
-    'MMGA/table1_ablation': 'Table 1. Ablation study on Market-1501 and DukeMTMC-reID',
-    'MMGA/table2_sota': 'Table 2. Comparison of results on Market-1501 and DukeMTMC-reID',
-    'FMN/table1_branches': 'Table 1. GRN, LAN and FMN on Market-1501, DukeMTMC-reID and CUHK03',
-    'FMN/table2_market': 'Table 2. Rank-1 and mAP on Market-1501',
-    'FMN/table3_duke': 'Table 3. Rank-1 and mAP on DukeMTMC-reID',
-    'FMN/table4_cuhk03_new_protocol': 'Table 4. CUHK03 with the new evaluation protocol',
-    'FMN/table5_masked_layer': 'Table 5. Which GRN layer is masked (Market-1501)'}
+def table_title(table_id:str) -> str:
+    "The table's title as its paper prints it, prefixed by the paper (`'MMGA Table 1. Ablation study …'`), from `Method.tables`."
+    _split_id(table_id)
+    title = declared_tables().get(table_id, {}).get('title')
+    return f"{table_id.split('/')[0]} {title or table_id.split('/')[1]}"
 
 def _evaluation_words(key:str) -> str:
     return {MAIN: 'main evaluation', MAIN_RERANKED: 'main evaluation after k-reciprocal re-ranking (k1 = 20, k2 = 6, λ = 0.3)',
@@ -235,7 +211,7 @@ def _evaluation_words(key:str) -> str:
 def _sources_note(table_id:str) -> str:
     "Where each reproduced row's numbers come from, in words."
     parts = []
-    for row in ROW_SOURCES[table_id]:
+    for row in row_sources()[table_id]:
         by_key = {}
         for col, (run, key) in row_runs(table_id, row).items(): by_key.setdefault(key, []).append(run)
         parts.append(f"{row}: " + '; '.join(f"{_evaluation_words(k)} of run{'s' * (len(set(r)) > 1)} {', '.join(dict.fromkeys(r))}"
@@ -259,7 +235,7 @@ def _footnotes(table_id:str, datasets:list, preset:str, weights:str='') -> list[
     if any((column_source(c).tag or '').startswith('cuhk03-') for c in t['columns']):
         notes.append("Our CUHK03 classic numbers come from one of the 20 random splits (the run's evaluation names it), "
                      "with the CMC averaged over 10 single-gallery-shot samplings; the paper averages all 20 splits.")
-    return notes + FOOTNOTES.get(table_id, []) + [_sources_note(table_id), _standing_note(table_id, datasets, preset)] + ([weights] if weights else [])
+    return notes + footnotes(table_id) + [_sources_note(table_id), _standing_note(table_id, datasets, preset)] + ([weights] if weights else [])
 
 # %% ../nbs/08c_tables.ipynb #b3b66194
 def build_tables(records, preset:str, table_ids=None) -> dict:
@@ -268,12 +244,12 @@ def build_tables(records, preset:str, table_ids=None) -> dict:
     if isinstance(table_ids, str): table_ids = [table_ids]
     table_ids = TABLE_IDS if table_ids is None else list(table_ids)
     for tid in table_ids: _split_id(tid)
-    by_name = _records_by_name(records, preset)
+    by_name, sources = _records_by_name(records, preset), row_sources()
     tables = {}
     for tid in table_ids:
         t, rows, all_datasets, starts = paper_table(tid), [], [], []
         for name, values in t['rows'].items():
-            row = dict(row=name, ours=name in ROW_SOURCES[tid], paper=dict(zip(t['columns'], values)),
+            row = dict(row=name, ours=name in sources[tid], paper=dict(zip(t['columns'], values)),
                        measured=None, ci95=None, run=None, runs=None, dataset=None, preset=preset)
             if row['ours']:
                 measured, ci95, runs, datasets = _measure(tid, name, by_name)
@@ -281,7 +257,7 @@ def build_tables(records, preset:str, table_ids=None) -> dict:
                            dataset=', '.join(datasets) or None, seeds=_seed_spread(tid, name, by_name))
                 all_datasets += datasets; starts += [by_name[r].config.get('pretrained') for r in runs.values()]
             rows.append(row)
-        tables[tid] = dict(title=f"{tid.split('/')[0]} {TITLES[tid]}", columns=t['columns'], rows=rows,
+        tables[tid] = dict(title=table_title(tid), columns=t['columns'], rows=rows,
                            footnotes=_footnotes(tid, list(dict.fromkeys(all_datasets)), preset, weights_note(starts)))
     return tables
 
@@ -301,7 +277,7 @@ def _printed(table_id:str|None, row:str, col:str, value) -> str:
 
 def _table_id(table:dict) -> str|None:
     "The id of a built table, recognised by its title."
-    return next((tid for tid in TABLE_IDS if table.get('title') == f"{tid.split('/')[0]} {TITLES[tid]}"), None)
+    return next((tid for tid in TABLE_IDS if table.get('title') == table_title(tid)), None)
 
 def _fmt_ours(v, iv=None) -> str:
     if v is None: return '—'

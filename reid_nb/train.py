@@ -4,7 +4,7 @@
 
 # %% ../nbs/07_train.ipynb #4a24bde6
 from __future__ import annotations
-import json, math, warnings
+import contextlib, json, math, warnings
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -16,21 +16,25 @@ import matplotlib.pyplot as plt
 from fastcore.basics import store_attr, noop
 from fastcore.foundation import L
 from fastai.callback.core import Callback, CancelValidException
+from fastai.callback.fp16 import MixedPrecision
+from fastai.callback.channelslast import ChannelsLast
 from fastai.callback.schedule import ParamScheduler  # also adds Learner.fit_one_cycle
 from fastai.data.core import DataLoaders
 from fastai.learner import Learner, save_model, load_model
 from fastai.optimizer import Adam, SGD
 from fastai.torch_core import get_model, rank_distrib, distrib_barrier
-from .core import check_choice, default_device, atomic_path, write_json_atomic
+from .core import Stage, check_choice, default_device, atomic_path, write_json_atomic
+from .distributed import is_distributed, gather_batch, map_tensors, convert_sync_batchnorm, check_precision
 from .losses import WeightedLoss, baseline_terms
 from .evaluation import extract_features, euclidean_distance, evaluate_ranking
 
 # %% auto #0
 __all__ = ['RESUME_MAY_CHANGE', 'OPTIMIZERS', 'SCHEDULES', 'toy_reid_images', 'toy_reid_dls', 'SkipValidationCallback',
-           'LossPartsRecorder', 'ReIDEvalCallback', 'training_history', 'save_checkpoint', 'check_resume_config',
-           'load_checkpoint', 'ReIDCheckpointCallback', 'named_param_groups', 'reid_splitter', 'default_lr_mults',
-           'group_lrs', 'reid_learner', 'warmup_step_schedule', 'fit_reid', 'plot_training_curves', 'Stage',
-           'resolve_modules', 'frozen_modules', 'FrozenModules', 'fit_stages']
+           'LossPartsRecorder', 'ReIDEvalCallback', 'SamplerEpoch', 'training_history', 'save_checkpoint',
+           'check_resume_config', 'load_checkpoint', 'ReIDCheckpointCallback', 'named_param_groups', 'reid_splitter',
+           'default_lr_mults', 'group_lrs', 'reid_learner', 'warmup_step_schedule', 'fit_reid', 'plot_training_curves',
+           'resolve_modules', 'frozen_modules', 'FrozenModules', 'fit_stages', 'GlobalBatch', 'ReIDMixedPrecision',
+           'precision_callbacks', 'distributed_training']
 
 # %% ../nbs/07_train.ipynb #5ce17394
 def toy_reid_images(n_ids:int=16, n_imgs:int=8, n_cams:int=2, size:tuple=(64, 32), colour_jitter:float=1.5,
@@ -129,6 +133,21 @@ class ReIDEvalCallback(Callback):
         if getattr(self.learn, 'stage_name', None): row['stage'] = self.learn.stage_name
         self.history.append(row)
         return row
+
+# %% ../nbs/07_train.ipynb #b6bee473
+class SamplerEpoch(Callback):
+    """Before each training epoch, from the run's seed and the epoch counted across stages: the sampler's epoch
+    (`PKSampler.set_epoch`), whose `Draw`s seed each item's augmentations, and a fresh seed for anything else random.
+    A run resumed from a checkpoint then draws exactly what an uninterrupted run draws."""
+    order = -5
+    def before_train(self):
+        epoch = getattr(self.learn, 'epoch_offset', 0) + self.epoch
+        dl = self.dls.train; s = getattr(dl, 'sampler', None)
+        if hasattr(s, 'set_epoch'): s.set_epoch(epoch)
+        seed = getattr(getattr(self.learn, 'reid_cfg', None), 'seed', getattr(s, 'seed', 0))
+        g = int(np.random.default_rng([seed, epoch, 7]).integers(2**62))
+        torch.manual_seed(g)                                                            # this process's other draws
+        if isinstance(getattr(dl, 'generator', None), torch.Generator): dl.generator.manual_seed(g)  # workers' seeds
 
 # %% ../nbs/07_train.ipynb #f4f6b0cc
 def training_history(learn:Learner) -> dict:
@@ -338,19 +357,6 @@ def plot_training_curves(learn_or_history, beta:float=0.9, title:str|None=None):
     return fig
 
 # %% ../nbs/07_train.ipynb #233f8b1d
-@dataclass
-class Stage:
-    "One fit of a run: epochs, optimiser, learning rates, schedule, and the modules it trains or keeps frozen."
-    name:str = 'train'
-    epochs:int|None = None                        # None: cfg.epochs
-    lr:float|None = None                          # base learning rate (a group's is lr × its multiplier); None: cfg.lr
-    lr_mults:dict = field(default_factory=dict)   # group name -> multiplier, over `default_lr_mults`
-    schedule:str|None = None                      # 'one_cycle' or 'warmup_step'; None: cfg.schedule
-    schedule_kwargs:dict = field(default_factory=dict)  # e.g. warmup_step: dict(warmup=0, milestones=(20,), gamma=0.1)
-    opt:str|None = None                           # 'adam' or 'sgd'; None: cfg.opt
-    freeze:tuple = ()                             # module names frozen in this stage (no gradient, eval mode)
-    train:tuple|None = None                       # if given, only these (top-level) modules train; the rest are frozen
-
 def resolve_modules(model:nn.Module, names, what:str='A stage') -> dict:
     "The submodules of `model` called `names` (dotted paths allowed); an unknown name raises an error listing the module names."
     m, out = get_model(model), {}
@@ -406,3 +412,37 @@ def fit_stages(learn:Learner, cfg, stages, ckpt_dir=None, resume:bool=True, ever
     finally:
         for p in model.parameters(): p.requires_grad_(own[id(p)])
     return learn
+
+# %% ../nbs/07_train.ipynb #f819b7ee
+class GlobalBatch(Callback):
+    "After the forward pass, gather the predictions and labels of every process: the loss is the global batch's."
+    order = MixedPrecision.order + 2   # after mixed precision's cast to float (10) and fastai's DistributedTrainer (11)
+    def after_pred(self):
+        if not is_distributed(): return
+        self.learn.pred, self.learn.yb = gather_batch(self.pred), gather_batch(self.yb)
+
+# %% ../nbs/07_train.ipynb #23d67d83
+class ReIDMixedPrecision(MixedPrecision):
+    "fastai's `MixedPrecision`, whose cast of the predictions to float also opens a model's `Outputs` (a dataclass)."
+    def after_pred(self): self.learn.pred = map_tensors(lambda t: t.float() if t.is_floating_point() else t, self.pred)
+
+def precision_callbacks(cfg, device) -> list:
+    "The callbacks of `cfg.precision` (mixed precision unless fp32) and `cfg.channels_last`, checked against `device`."
+    cbs = [] if check_precision(cfg.precision, device) == 'fp32' else [ReIDMixedPrecision(amp_mode=cfg.precision)]
+    return cbs + ([ChannelsLast()] if cfg.channels_last else [])
+
+@contextlib.contextmanager
+def distributed_training(learn, sync_bn:bool=False):
+    "Train `learn` inside this block as one of several processes (fastai's `distrib_ctx`); nothing changes in one process."
+    if not is_distributed():
+        yield learn; return
+    import fastai.distributed  # adds Learner.distrib_ctx (imports Accelerate)
+    from accelerate.utils import DistributedDataParallelKwargs
+    device = next(learn.model.parameters()).device
+    if sync_bn: learn.model = convert_sync_batchnorm(learn.model, device)
+    handlers = [DistributedDataParallelKwargs(find_unused_parameters=True)]
+    with learn.distrib_ctx(sync_bn=False, cpu=device.type == 'cpu', mixed_precision='no', kwargs_handlers=handlers):
+        learn.distributed_trainer._wrap_dl = lambda dl: dl   # PKSampler shards the train batches; evaluation shards itself
+        learn.add_cb(GlobalBatch())
+        try: yield learn
+        finally: learn.remove_cb(GlobalBatch)

@@ -1,4 +1,4 @@
-"""MGRAN (reid_nb.alignment): view geometry with known answers, one shared trunk, the −GF and PL variants, masks at test
+"""MGRAN (reid_nb.methods.mgran): view geometry with known answers, one shared trunk, the −GF and PL variants, masks at test
 time, fallbacks, bad input, and a run through the shared runner."""
 import numpy as np
 import pytest
@@ -9,10 +9,8 @@ from reid_nb.core import get_preset
 from reid_nb.data.pipeline import ReIDTransform, apply_recipe
 from reid_nb.regions import PARTS, SHOULDER_FRAC, HIP_FRAC
 from reid_nb.masking import MaskResult, GroundTruthMasker, extract_masks, fallback_result
-from reid_nb.recipe import METHODS, get_method
-from reid_nb.alignment import (MGRAN, MGRANOptions, MGRANNet, SpaceAlignment, mgran_recipe, build_mgran, mgran_terms,
-                               mgran_descriptors, view_names, region_view, require_masks, store_extras, alignment_fallbacks,
-                               mask_results, MGRAN_RUNS, SMOKE_RECIPE)
+from reid_nb.methods.registry import METHODS, get_method
+from reid_nb.methods.mgran import MGRAN, MGRANOptions, MGRANNet, SpaceAlignment, mgran_recipe, build_mgran, mgran_terms, mgran_descriptors, view_names, region_view, require_masks, store_extras, alignment_fallbacks, mask_results, MGRAN_RUNS, SMOKE_RECIPE
 
 COLOURS = {'head': (250, 0, 0), 'upper': (0, 250, 0), 'lower': (0, 0, 250)}
 
@@ -20,7 +18,7 @@ COLOURS = {'head': (250, 0, 0), 'upper': (0, 250, 0), 'lower': (0, 0, 250)}
 @pytest.fixture(autouse=True)
 def mgran_registered():
     added = 'mgran' not in METHODS
-    if added: METHODS['mgran'] = 'reid_nb.alignment:MGRAN'
+    if added: METHODS['mgran'] = 'reid_nb.methods.mgran:MGRAN'
     yield
     if added: del METHODS['mgran']
 
@@ -174,7 +172,7 @@ def test_loss_is_msml_only_unless_asked():
 
 # ---------------------------------------------------------------- bad input and fallbacks
 def test_unknown_region_option_lists_the_valid_ones():
-    from reid_nb.experiment import validate_config
+    from reid_nb.runner import validate_config
     with pytest.raises(ValueError, match="region_view must be one of 'crop', 'full_frame'; got 'box'"):
         validate_config(_cfg(method_options={'region_view': 'box'}))
     with pytest.raises(ValueError, match="alignment must be one of 'region', 'part'; got 'pixel'"):

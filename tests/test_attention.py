@@ -9,10 +9,8 @@ from reid_nb.losses import WeightedLoss
 from reid_nb.data.pipeline import ReIDImages, ReIDTransform, eval_dataloader, apply_recipe
 from reid_nb.data.registry import get_dataset
 from reid_nb.evaluation import extract_features
-from reid_nb.recipe import mask_extras, parse_options
-from reid_nb.attention import (MMGANet, MMGAOptions, VARIANTS, attention_loss, normalize_attention, build_mmga, mmga_terms,
-                               mmga_sample, mmga_targets, part_groups, attention_size, mmga_shapes, SMALL_DIMS, MMGA,
-                               mask_target_summary)
+from reid_nb.method import mask_extras, parse_options
+from reid_nb.methods.mmga import MMGANet, MMGAOptions, VARIANTS, attention_loss, normalize_attention, build_mmga, mmga_terms, mmga_sample, mmga_targets, part_groups, attention_size, mmga_shapes, SMALL_DIMS, MMGA, mask_target_summary
 
 
 def _cfg(**kw):

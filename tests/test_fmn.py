@@ -9,9 +9,7 @@ from reid_nb.core import get_preset
 from reid_nb.model import build_backbone
 from reid_nb.losses import WeightedLoss
 from reid_nb.train import toy_reid_dls, reid_learner, fit_stages, save_checkpoint
-from reid_nb.fmn import (MASKED_LAYERS, FeatureMaskNetwork, FMNOptions, FMN, FMN_RUNS, column_major, mask_size, lan_stages,
-                         ranking_loss, true_class_probability, fmn_terms, fmn_stages, fmn_descriptors, grn_config, grn_key,
-                         load_grn, build_fmn, alpha_sweep, fmn_figures, look_alike_queries)
+from reid_nb.methods.fmn import MASKED_LAYERS, FeatureMaskNetwork, FMNOptions, FMN, FMN_RUNS, column_major, mask_size, lan_stages, ranking_loss, true_class_probability, fmn_terms, fmn_stages, fmn_descriptors, grn_config, grn_key, load_grn, build_fmn, alpha_sweep, fmn_figures, look_alike_queries
 
 LAYERS = ('pool1', 'res2', 'res3', 'res4')
 
@@ -220,8 +218,8 @@ def test_grn_config_ignores_stage2_and_evaluation():
 
 def test_method_runs_match_the_tables():
     from reid_nb.tables import runs_for_tables
-    from reid_nb.experiment import run_overrides
-    from reid_nb.recipe import get_method
+    from reid_nb.methods.registry import run_overrides
+    from reid_nb.methods.registry import get_method
     assert get_method('fmn') is FMN and FMN.flip_test is False and FMN.rerank is True
     needed = runs_for_tables(['FMN/table1_branches', 'FMN/table2_market', 'FMN/table3_duke',
                               'FMN/table4_cuhk03_new_protocol', 'FMN/table5_masked_layer'])

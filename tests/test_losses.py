@@ -5,8 +5,8 @@ import torch
 import torch.nn.functional as F
 from reid_nb.core import get_preset
 from reid_nb.losses import batch_hard_triplet_loss, cross_entropy, pairwise_distance, WeightedLoss, Term
-from reid_nb.model import Outputs
-from reid_nb.recipe import build_loss
+from reid_nb.core import Outputs
+from reid_nb.methods.registry import build_loss
 
 
 def brute_force_batch_hard(feats, pids, margin):

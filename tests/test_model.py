@@ -6,7 +6,7 @@ from torch import nn
 from torchvision.models import ResNet18_Weights, ResNet50_Weights
 from reid_nb.core import get_preset
 from reid_nb.model import BACKBONES, build_backbone, ReIDBaseline
-from reid_nb.recipe import build_model
+from reid_nb.methods.registry import build_model
 
 
 def _fmap(name, last_stride, h=256, w=128):

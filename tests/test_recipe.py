@@ -1,55 +1,26 @@
-"The method recipe: a toy two-view, two-stage, two-term method composed from shared parts; stages, resume and bad input."
-import json
-from dataclasses import dataclass
+"The method contract: a toy two-view, two-stage, two-term method composed from shared parts (tests/toy_method.py); stages, resume, its table row and claim, and bad input."
+import json, os, sys
+from dataclasses import replace
+from pathlib import Path
 import pytest
 import torch
-from torch import nn
-from reid_nb.core import get_preset
-from reid_nb.model import build_backbone, Outputs
-from reid_nb.losses import Term, cross_entropy, batch_hard_triplet_loss
-from reid_nb.train import Stage, fit_stages
-from reid_nb.data.pipeline import SampleRecipe
-from reid_nb.recipe import METHODS, Method, in_range, get_method
-from reid_nb.runner import Run
-from reid_nb.experiment import validate_config
+from reid_nb.core import get_preset, Stage
+from reid_nb.train import fit_stages
+from reid_nb.methods import registry
+from reid_nb.methods.registry import get_method, register, unregister
+from reid_nb.method import method_runs
+from reid_nb.runner import Run, validate_config
+from conftest import cli
 
 
-# ---- the toy method: everything it needs comes from the package; its whole recipe is below (< 40 lines) ----
-@dataclass
-class ToyOptions:
-    margin:float = 0.3
-    def check(self): return in_range('margin', self.margin, 0)
-
-class TwoViewNet(nn.Module):
-    "One trunk, one set of weights, for both views (run as one batch of B·V images); F = concat of the view features."
-    def __init__(self, cfg, n_classes):
-        super().__init__()
-        self.trunk, c = build_backbone(cfg.backbone, pretrained=False)
-        self.head = nn.Sequential(nn.Linear(2 * c, 64), nn.BatchNorm1d(64))
-        self.classifier = nn.Linear(64, n_classes)
-    def forward(self, x):                                          # x: (B, V=2, 3, H, W)
-        B, V = x.shape[:2]
-        f = self.trunk(x.flatten(0, 1)).mean((2, 3)).view(B, -1)  # (B, V·c)
-        e = self.head(f)
-        return Outputs(logits={'id': self.classifier(e)}, feats={'F': f}) if self.training else e
-
-TOY = Method(
-    name='toy', summary='two views through one trunk, two stages, CE + triplet', options=ToyOptions,
-    sample=lambda cfg, o: SampleRecipe(views=lambda s: {'image': s['image'], 'pedestrian': s['image'] * s['mask']},
-                                       needs=('mask',)),
-    model=lambda cfg, o, n: TwoViewNet(cfg, n),
-    loss=lambda cfg, o: [Term('ce', cross_entropy, ('logits.id', 'pids'), 1.0, dict(label_smoothing=0.1)),
-                         Term('triplet', batch_hard_triplet_loss, ('feats.F', 'pids'), 1.0, dict(margin=o.margin))],
-    stages=lambda cfg, o: [Stage('all', epochs=1), Stage('head', epochs=1, freeze=('trunk',), opt='sgd', lr=1e-2)],
-    rerank=False)
-# ---- end of the toy method ----
+from toy_method import TOY   # the toy method: a module of its own, as a user would keep one
 
 
 @pytest.fixture
 def toy_registered():
-    METHODS['toy'] = TOY
+    register(TOY)
     yield
-    del METHODS['toy']
+    unregister('toy')
 
 
 def _cfg(**kw):
@@ -76,7 +47,7 @@ def test_toy_method_trains_in_two_stages_with_a_frozen_trunk(toy_registered, tmp
     parts = learn.loss_parts.history
     assert {'ce', 'triplet'} <= set(parts) and max(parts['epoch']) == 1.0
     run.evaluate()
-    assert list(run.results) == ['single query', 'multi query'] and 0 <= run.results['single query']['rank1'] <= 1
+    assert list(run.results) == ['single query', 'multi query', 'single query + re-ranking'] and 0 <= run.results['single query']['rank1'] <= 1
     rec = run.record()
     assert [s['name'] for s in rec.recipe['stages']] == ['all', 'head'] and rec.recipe['options'] == {'margin': 0.3}
     assert rec.recipe['mask_source'] == 'ground_truth'
@@ -118,3 +89,65 @@ def test_bad_method_input_is_named(toy_registered):
     with pytest.raises(ValueError, match="names module 'grn'.*Its modules: trunk, head, classifier"):
         fit_stages(learn, _cfg(), [Stage('one'), Stage('two', freeze=('grn',))])
     assert get_method('toy') is TOY
+
+
+@pytest.fixture
+def toy_plugin(monkeypatch):
+    "The toy method as a user's plugin: named in $REID_NB_METHODS, importable through PYTHONPATH (papermill kernels inherit both)."
+    here = str(Path(__file__).parent)
+    monkeypatch.setenv('REID_NB_METHODS', 'toy_plugin')
+    monkeypatch.setenv('PYTHONPATH', os.pathsep.join(filter(None, [here, os.environ.get('PYTHONPATH')])))
+    yield
+    if 'toy' in registry.METHODS: unregister('toy')
+    registry._PLUGINS.discard('toy_plugin'); sys.modules.pop('toy_plugin', None)
+
+
+def test_a_method_outside_the_package_fills_its_table_row_and_claim(toy_plugin, tmp_path):
+    "One module and one registry line: `reproduce --tables` trains its run and fills its rows and its claim; tables.py and claims.py know nothing of it."
+    res = cli('reproduce', '--preset', 'smoke', '--tables', 'MGRAN/table3_duke', '--out', tmp_path/'r', '--quiet')
+    assert res.returncode == 0, res.stderr[-3000:]
+    results = json.loads((tmp_path/'r'/'results.json').read_text())
+    assert {r['run'] for r in results['runs']} == {'toy-duke'}             # MGRAN's Duke run is not a smoke run
+    rows = {r['row']: r for r in results['tables']['MGRAN/table3_duke']['rows']}
+    for row in ('OIM', 'PAN'):
+        assert rows[row]['ours'] and rows[row]['runs'] == {'duke_r1': 'toy-duke', 'duke_map': 'toy-duke'}
+        assert all(0 <= rows[row]['measured'][c] <= 100 for c in ('duke_r1', 'duke_map')), rows[row]['measured']
+    assert rows['OIM']['measured'] != rows['PAN']['measured']          # plain and re-ranked: two evaluations of one run
+    assert rows['MGRAN']['ours'] and rows['MGRAN']['measured']['duke_r1'] is None
+    claim = results['claims']['toy: re-ranking helps']
+    assert claim['verdict'] in ('holds', 'does not hold', 'cannot tell') and claim['paper'] == 'MGRAN'
+    assert [c['column'] for c in claim['columns']] == ['duke_r1', 'duke_map'] and all(None not in c['values'] for c in claim['columns'])
+    assert 'toy: re-ranking helps' in (tmp_path/'r'/'index.html').read_text()
+
+
+def test_bad_declarations_are_named():
+    "A method registered twice, a run feeding a row or a table the papers do not have, a claim on a row no run feeds."
+    from reid_nb.tables import row_sources
+    from reid_nb.claims import claims
+    with pytest.raises(ValueError, match="Method 'mmga' is registered twice"):
+        register(replace(get_method('mmga'), summary='a second MMGA'))
+    bad_row = replace(TOY, name='badrow', claims={}, runs=method_runs('badrow', ['duke'], method='toy', rows={'MGRAN/table3_duke': 'OIMM'}))
+    register(bad_row)
+    try:
+        with pytest.raises(ValueError, match=r"Method 'badrow': run 'badrow' feeds row 'OIMM' of MGRAN/table3_duke, which that table does not have. Its rows: 'SVDNet'"):
+            row_sources()
+    finally: unregister('badrow')
+    register(replace(TOY, name='badtable', claims={}, runs=method_runs('badtable', ['duke'], method='toy', rows={'MGRAN/table9': 'OIM'})))
+    try:
+        with pytest.raises(ValueError, match=r"Method 'badtable': run 'badtable' feeds table 'MGRAN/table9', which is not one of the papers' tables"):
+            row_sources()
+    finally: unregister('badtable')
+    register(replace(TOY, name='badclaim', runs={}, claims={'toy beats SVDNet': (['MGRAN/table3_duke'], ['SVDNet', 'MGRAN'], '>')}))
+    try:
+        with pytest.raises(ValueError, match=r"Method 'badclaim': claim 'toy beats SVDNet' names row\(s\) \['SVDNet'\] of MGRAN/table3_duke, which no run feeds"):
+            claims()
+    finally: unregister('badclaim')
+    register(replace(TOY, name='twice', runs={'mmga-market': {}}))
+    try:
+        with pytest.raises(ValueError, match="Run 'mmga-market' is declared twice, by method 'mmga' and by method 'twice'"):
+            registry.all_runs()
+    finally: unregister('twice')
+    with pytest.raises(ImportError, match=r"\$REID_NB_METHODS names module 'no_such_plugin'"):
+        os.environ['REID_NB_METHODS'] = 'no_such_plugin'
+        try: get_method('baseline')
+        finally: del os.environ['REID_NB_METHODS']

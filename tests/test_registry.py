@@ -78,10 +78,10 @@ def test_experiment_path_on_each_analog(analogs, name):
     identity score rank-1 = mAP = 1 (wrong order, identities or protocol would not), and the model's are scored alike."""
     from reid_nb.core import get_preset, seed_everything
     from reid_nb.data.pipeline import build_dataloaders, eval_dataloader, SamplerEpoch
-    from reid_nb.recipe import build_model, build_loss
+    from reid_nb.methods.registry import build_model, build_loss
     from reid_nb.train import reid_learner
     from reid_nb.evaluation import extract_features, euclidean_distance, pool_features
-    from reid_nb.experiment import evaluate_protocol, protocol_chance
+    from reid_nb.evaluation import evaluate_protocol, protocol_chance
     ds = analogs[name]
     cfg = get_preset('smoke', dataset=name.replace('-classic', ''), height=64, width=32, P=4, K=2, epochs=1, device='cpu')
     seed_everything(0)

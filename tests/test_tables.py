@@ -3,8 +3,8 @@ import html, json
 from pathlib import Path
 import pytest
 
-from reid_nb.experiment import RunRecord
-from reid_nb.tables import (TABLE_IDS, ROW_SOURCES, FOOTNOTES, paper_tables, paper_table, build_tables, runs_for_tables,
+from reid_nb.runner import RunRecord
+from reid_nb.tables import (TABLE_IDS, row_sources, footnotes, paper_tables, paper_table, build_tables, runs_for_tables,
                             tables_for_run, row_runs, table_frame, write_table_pages, tables_index_html, table_file_name)
 
 DATA = json.loads((Path(__file__).parents[1] / 'reid_nb' / 'paper_tables.json').read_text(encoding='utf-8'))
@@ -58,8 +58,8 @@ def test_every_table_present_with_the_papers_numbers_in_order():
 def test_row_sources_cover_exactly_the_reproduced_rows():
     for tid in TABLE_IDS:
         reproduced = paper_table(tid)['reproduced_rows']
-        assert set(ROW_SOURCES[tid]) == set(reproduced), tid
-        assert set(ROW_SOURCES[tid]) <= set(paper_table(tid)['rows'])
+        assert set(row_sources()[tid]) == set(reproduced), tid
+        assert set(row_sources()[tid]) <= set(paper_table(tid)['rows'])
 
 
 def test_runs_for_tables():
@@ -164,7 +164,7 @@ def test_footnotes_name_the_inconsistencies():
     for tid, text in joined.items():
         assert 'not the dataset the paper used' in text and 'copied from the paper' in text
         assert '95 % percentile-bootstrap intervals over the test queries' in text and 'training seeds' in text
-        assert all(n in t[tid]['footnotes'] for n in FOOTNOTES.get(tid, []))
+        assert all(n in t[tid]['footnotes'] for n in footnotes(tid))
     # the numbers the footnotes quote are the data file's
     rows4 = DATA['MGRAN']['table4_cuhk03']['rows']
     assert rows4['DPFL'][0] == 43.0 and rows4['DPFL'][2] == 40.7 and rows4['DaF'][0] == 27.5 and rows4['DaF'][2] == 26.4

@@ -8,9 +8,8 @@ from fastai.callback.core import Callback
 from fastai.data.core import DataLoaders
 from fastcore.basics import noop
 from reid_nb.core import get_preset, seed_everything
-from reid_nb.recipe import build_model
-from reid_nb.train import (toy_reid_dls, reid_learner, fit_reid, ReIDEvalCallback, training_history,
-                           plot_training_curves, warmup_step_schedule, load_checkpoint)
+from reid_nb.methods.registry import build_model
+from reid_nb.train import toy_reid_dls, reid_learner, fit_reid, ReIDEvalCallback, training_history, plot_training_curves, warmup_step_schedule, load_checkpoint
 
 CFG = get_preset('smoke', lr=3e-3, embed_dim=32, device='cpu', seed=0, pretrained=False)   # toy data: a random trunk
 

@@ -8,7 +8,6 @@ import os, re, warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np
-import pandas as pd
 
 # %% auto #0
 __all__ = ['MARKET_NAME_RE', 'MARKET_FOLDERS', 'JUNK_PID', 'DISTRACTOR_PID', 'MARKET_NAMES', 'PUBLISHED_COUNTS', 'MARKET_LAYOUT',
@@ -64,8 +63,9 @@ class ReIDDataset:
             recs += members; owner += [i]*len(members)
         return recs, np.asarray(owner, dtype=np.int64)
 
-    def summary(self) -> pd.DataFrame:
+    def summary(self) -> 'pd.DataFrame':
         "Identities, images and cameras per split (gallery ids count the distractor id 0000 as one id)."
+        import pandas as pd   # only where a table is built: the package imports without pandas
         splits = dict(train=self.train, query=self.query, gallery=self.gallery)
         if self.gt_bbox: splits['gt_bbox'] = self.gt_bbox
         return pd.DataFrame({k: _split_stats(v) for k,v in splits.items()}).T

@@ -15,17 +15,14 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 from PIL import Image
-import matplotlib.pyplot as plt
-from fastai.data.core import DataLoaders
-from fastai.callback.core import Callback
-from fastai.torch_core import rank_distrib, num_distrib
+from ..distributed import world_size, process_rank
 from ..core import ExperimentConfig, default_device
 from .market import Record, ReIDDataset
 
 # %% auto #0
 __all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'COCO_FLIP_INDEX', 'denormalize', 'Draw', 'PKSampler', 'RandomHorizontalFlipSwap',
            'MaskSizeError', 'ReIDTransform', 'show_sample', 'read_image', 'SampleRecipe', 'apply_recipe', 'ReIDImages',
-           'ReIDDataLoader', 'eval_dataloader', 'build_dataloaders', 'SamplerEpoch', 'show_pk_batch']
+           'ReIDDataLoader', 'eval_dataloader', 'build_dataloaders', 'show_pk_batch']
 
 # %% ../../nbs/03_data.pipeline.ipynb #718c0bd2
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -189,6 +186,7 @@ class ReIDTransform:
 # %% ../../nbs/03_data.pipeline.ipynb #9f988123
 def show_sample(image, mask=None, keypoints=None, ax=None, title:str|None=None, alpha:float=0.45):
     "Show a (3,H,W) normalised image (or PIL image, or `None`: black) with a mask overlay and keypoints (left blue, right red)."
+    import matplotlib.pyplot as plt
     if ax is None: _, ax = plt.subplots(figsize=(2, 4))
     if image is None: ax.imshow(np.zeros(np.asarray(mask).shape[-2:]), cmap='gray', vmin=0, vmax=1)
     elif isinstance(image, Image.Image): ax.imshow(image)
@@ -299,9 +297,10 @@ def build_dataloaders(dataset:ReIDDataset, cfg:ExperimentConfig, extras:Callable
                       eval_extras:Callable|None=None, device=None) -> DataLoaders:
     """fastai `DataLoaders`: train = PK batches `(images, pids[, targets])`, valid = query + gallery `(images, pids, camids)`.
     Launched as several processes (`WORLD_SIZE` > 1), the train loader serves this process's share of each batch."""
+    from fastai.data.core import DataLoaders   # fastai where the Learner needs it
     device = torch.device(device) if device is not None else default_device(cfg.device)
     tfm = ReIDTransform(cfg.img_size, train=True, erase_p=cfg.random_erasing)
-    rank, world = rank_distrib(), max(1, num_distrib())
+    rank, world = process_rank(), world_size()
     sampler = PKSampler([r.pid for r in dataset.train], cfg.P, cfg.K, seed=cfg.seed, rank=rank, world_size=world)
     train = ReIDDataLoader(ReIDImages(dataset.train, tfm, extras=extras, recipe=recipe, with_targets=True),
                            batch_size=cfg.batch_size // world, sampler=sampler,
@@ -311,24 +310,10 @@ def build_dataloaders(dataset:ReIDDataset, cfg:ExperimentConfig, extras:Callable
     dls.n_inp, dls.num_query, dls.c, dls.dataset = 1, len(dataset.query), dataset.num_train_pids, dataset
     return dls
 
-# %% ../../nbs/03_data.pipeline.ipynb #61d23398
-class SamplerEpoch(Callback):
-    """Before each training epoch, from the run's seed and the epoch counted across stages: the sampler's epoch
-    (`PKSampler.set_epoch`), whose `Draw`s seed each item's augmentations, and a fresh seed for anything else random.
-    A run resumed from a checkpoint then draws exactly what an uninterrupted run draws."""
-    order = -5
-    def before_train(self):
-        epoch = getattr(self.learn, 'epoch_offset', 0) + self.epoch
-        dl = self.dls.train; s = getattr(dl, 'sampler', None)
-        if hasattr(s, 'set_epoch'): s.set_epoch(epoch)
-        seed = getattr(getattr(self.learn, 'reid_cfg', None), 'seed', getattr(s, 'seed', 0))
-        g = int(np.random.default_rng([seed, epoch, 7]).integers(2**62))
-        torch.manual_seed(g)                                                            # this process's other draws
-        if isinstance(getattr(dl, 'generator', None), torch.Generator): dl.generator.manual_seed(g)  # workers' seeds
-
 # %% ../../nbs/03_data.pipeline.ipynb #7fcdfb23
 def show_pk_batch(images:torch.Tensor, pids:torch.Tensor, P:int, K:int, size:float=1.0):
     "Show a PK batch (identity-major) as a P×K grid of de-normalised images, each row titled with its pid."
+    import matplotlib.pyplot as plt
     fig, axs = plt.subplots(P, K, figsize=(K*size, P*size*2), squeeze=False)
     for i, ax in enumerate(axs.ravel()):
         ax.imshow(denormalize(images[i]).permute(1, 2, 0).numpy()); ax.set_axis_off()

@@ -14,7 +14,8 @@ from .cuhk03 import read_cuhk03, CUHK03_DEFAULT, CUHK03_LAYOUT, find_cuhk03_mat
 
 # %% auto #0
 __all__ = ['REAL_DATASETS', 'SYNTHETIC_ANALOGS', 'DATASET_NAMES', 'DATASET_OPTIONS', 'synth_sizes', 'get_dataset',
-           'dataset_folder_problem', 'datasets_summary', 'published_summary', 'show_samples', 'check_images']
+           'dataset_folder_problem', 'datasets_summary', 'published_summary', 'show_samples', 'check_images',
+           'load_dataset']
 
 # %% ../../nbs/02d_data.registry.ipynb #5177eb47
 REAL_DATASETS = ('market1501', 'dukemtmcreid', 'cuhk03')
@@ -144,3 +145,12 @@ def check_images(ds:ReIDDataset, splits=('train', 'query', 'gallery'), progress:
     if bad: raise OSError(f"{len(bad)} of {len(paths)} images of {ds.name} cannot be read: {_shown(bad)}. Re-extract (or "
                           "regenerate) the dataset, or remove these files and read it again.")
     return len(paths)
+
+# %% ../../nbs/02d_data.registry.ipynb #7e020666
+def load_dataset(cfg, progress:bool=True):
+    "The `ReIDDataset` named by `cfg.dataset` with `cfg.dataset_options` (synthetic sets are generated, or reused)."
+    check_choice('dataset', cfg.dataset, DATASET_NAMES)
+    opts = dict(size=cfg.synth_size, seed=cfg.data_seed) if cfg.dataset in SYNTHETIC_ANALOGS else {}
+    clash = sorted(set(opts) & set(cfg.dataset_options))
+    if clash: raise ValueError(f"dataset_options may not set {clash}: use the synth_size and data_seed fields instead.")
+    return get_dataset(cfg.dataset, cfg.data_root, progress=progress, **opts, **cfg.dataset_options)

@@ -13,7 +13,7 @@ import torch
 from reid_nb.core import get_preset
 from reid_nb.model import build_backbone
 from reid_nb.losses import WeightedLoss
-from reid_nb.fmn import FeatureMaskNetwork, FMNOptions, fmn_terms
+from reid_nb.methods.fmn import FeatureMaskNetwork, FMNOptions, fmn_terms
 
 
 def main():

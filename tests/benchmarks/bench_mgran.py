@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from reid_nb.model import build_backbone
 from reid_nb.losses import margin_sample_mining_loss
-from reid_nb.alignment import MGRANNet, MGRANOptions, mgran_recipe, view_names
+from reid_nb.methods.mgran import MGRANNet, MGRANOptions, mgran_recipe, view_names
 from reid_nb.data.pipeline import ReIDTransform, apply_recipe, read_image
 
 
@@ -56,7 +56,7 @@ def bench_steps(steps=8, backbone='resnet_mini', H=128, W=64, P=8, K=3, V=4):
 
 def bench_views(n=48, H=128, W=64):
     from reid_nb.data.registry import get_dataset
-    from reid_nb.recipe import mask_extras
+    from reid_nb.method import mask_extras
     ds = get_dataset('synthreid', size='smoke', progress=False)
     recs = ds.train[:n]; ex = mask_extras(ds, 'ground_truth')
     items = [(read_image(r.path), ex(r)) for r in recs]     # decoding and annotation reading are not timed

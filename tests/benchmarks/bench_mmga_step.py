@@ -10,7 +10,7 @@ import argparse, statistics, time
 import torch
 from reid_nb.core import get_preset
 from reid_nb.losses import WeightedLoss
-from reid_nb.attention import MMGAOptions, build_mmga, mmga_terms, attention_size
+from reid_nb.methods.mmga import MMGAOptions, build_mmga, mmga_terms, attention_size
 
 
 def step_fn(variant, cfg, n_classes, device):

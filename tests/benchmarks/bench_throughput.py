@@ -8,10 +8,10 @@ synthetic P×K batch served again and again (no data loading: the model's speed 
 import argparse, time
 import torch
 from reid_nb.core import get_preset
-from reid_nb.recipe import build_model, build_loss
+from reid_nb.methods.registry import build_model, build_loss
 from reid_nb.train import reid_learner
 from reid_nb.distributed import precision_callbacks, supported_precisions
-from reid_nb.attention import attention_size
+from reid_nb.methods.mmga import attention_size
 from fastai.data.core import DataLoaders
 
 

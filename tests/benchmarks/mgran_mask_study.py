@@ -14,8 +14,9 @@ resumes. `--collect` only reads two finished arms under --out (and measures the 
 import argparse, json, subprocess, sys, time
 from pathlib import Path
 from reid_nb.core import data_dir, get_preset, write_json_atomic
-from reid_nb.experiment import load_dataset, RunRecord
-from reid_nb.recipe import build_masker
+from reid_nb.data.registry import load_dataset
+from reid_nb.runner import RunRecord
+from reid_nb.method import build_masker
 from reid_nb.masking import extract_masks, score_masks, GroundTruthMasker
 
 REPO = Path(__file__).resolve().parents[2]
