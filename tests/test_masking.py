@@ -339,7 +339,7 @@ def test_groundtruth_masker_matches_annotations(synth, paths):
 
 def test_groundtruth_masker_on_synthreid_cuhk03_cache():
     "SynthReID-CUHK03 crops are read from the extraction cache (images_labeled/), outside the annotated root."
-    from reid_nb.data.synth_layouts import generate_synthreid_cuhk03
+    from reid_nb.data.synth.layouts import generate_synthreid_cuhk03
     from reid_nb.data.cuhk03 import read_cuhk03
     from reid_nb.data.synth import load_part_map
     root = generate_synthreid_cuhk03(size='smoke', seed=0, progress=False)

@@ -6,7 +6,7 @@ import pytest, torch
 from reid_nb.core import get_preset, PRESETS
 from reid_nb.runner import validate_config
 from reid_nb.model import build_backbone
-from reid_nb.data.synth_layouts import WORLD_OFFSET
+from reid_nb.data.synth.layouts import WORLD_OFFSET
 from reid_nb.pretrain import (STANDIN_SEED, STANDIN_BUDGETS, standin_config, standin_budget, standin_path, standin_weights,
                               standin_record, weights_note)
 

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 import reid_nb.data.synth as synth
+import reid_nb.data.synth.export as synth_export   # where _write_tree looks _save_sample up
 from reid_nb.data.synth import (generate_synthreid, synth_params, load_synth_annotations, load_part_map,
                                 pedestrian_mask, rle_decode, MARKET_FOLDERS, MARKET_NAME, PART_LABELS, COCO_KEYPOINTS)
 
@@ -140,12 +141,12 @@ def test_not_a_synthreid_tree(tmp_path):
     assert (tmp_path/'x'/'mine.txt').read_text() == 'user data'
 
 def _interrupt_after(monkeypatch, n):
-    real, calls = synth._save_sample, collections.Counter()
+    real, calls = synth_export._save_sample, collections.Counter()
     def flaky(*a, **k):
         calls['n'] += 1
         if calls['n'] > n: raise KeyboardInterrupt('simulated interruption')
         return real(*a, **k)
-    monkeypatch.setattr(synth, '_save_sample', flaky)
+    monkeypatch.setattr(synth_export, '_save_sample', flaky)
     return calls
 
 def test_interrupted_generation_leaves_nothing(tmp_path, monkeypatch):

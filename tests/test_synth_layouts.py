@@ -2,7 +2,7 @@
 import json, warnings
 from pathlib import Path
 import numpy as np, pytest
-from reid_nb.data.synth_layouts import (generate_synthreid_duke, generate_synthreid_cuhk03, duke_params, cuhk03_params,
+from reid_nb.data.synth.layouts import (generate_synthreid_duke, generate_synthreid_cuhk03, duke_params, cuhk03_params,
                                         duke_plan, cuhk03_plan, SYNTH_DUKE_SIZES, SYNTH_CUHK03_SIZES)
 from reid_nb.data.duke import read_dukemtmcreid, parse_duke_name
 from reid_nb.data.cuhk03 import read_cuhk03, open_cuhk03_mat, cuhk03_persons, cuhk03_testsets, load_new_protocol

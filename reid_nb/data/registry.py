@@ -31,7 +31,7 @@ def synth_sizes(name:str) -> dict:
     check_choice('synthetic dataset', name, SYNTHETIC_ANALOGS)
     if name == 'synthreid':
         from reid_nb.data.synth import SYNTH_SIZES; return SYNTH_SIZES
-    from reid_nb.data.synth_layouts import SYNTH_DUKE_SIZES, SYNTH_CUHK03_SIZES
+    from reid_nb.data.synth.layouts import SYNTH_DUKE_SIZES, SYNTH_CUHK03_SIZES
     return SYNTH_DUKE_SIZES if name == 'synthreid-duke' else SYNTH_CUHK03_SIZES
 
 # %% ../../nbs/02d_data.registry.ipynb #623a461d
@@ -60,7 +60,7 @@ def get_dataset(name:str, root=None, progress:bool=True, **options) -> ReIDDatas
     if name == 'synthreid':
         from reid_nb.data.synth import generate_synthreid
         return read_market1501(generate_synthreid(root, size=size, seed=seed, progress=progress, **overrides), name=name)
-    from reid_nb.data.synth_layouts import generate_synthreid_duke, generate_synthreid_cuhk03
+    from reid_nb.data.synth.layouts import generate_synthreid_duke, generate_synthreid_cuhk03
     if name == 'synthreid-duke':
         return read_dukemtmcreid(generate_synthreid_duke(root, size=size, seed=seed, progress=progress, **overrides), name=name)
     ds = read_cuhk03(generate_synthreid_cuhk03(root, size=size, seed=seed, progress=progress, **overrides), name=name,
