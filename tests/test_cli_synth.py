@@ -20,9 +20,9 @@ def smoke(tmp_path_factory):
     return out, r
 
 def test_console_script_runs_the_cli():
-    "The installed `reid_nb` command is the CLI: it lists its four commands, and a usage error exits 2 with argparse's message."
+    "The installed `reid_nb` command is the CLI: it lists its five commands, and a usage error exits 2 with argparse's message."
     r = subprocess.run([str(REID_NB), '--help'], capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0 and all(c in r.stdout for c in ('reproduce', 'run', 'synth', 'docs')), r.stdout + r.stderr
+    assert r.returncode == 0 and all(c in r.stdout for c in ('reproduce', 'run', 'synth', 'docs', 'readme')), r.stdout + r.stderr
     r = subprocess.run([str(REID_NB), 'synth', '--size'], capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and 'expected one argument' in r.stderr, r.stderr
 
