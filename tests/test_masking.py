@@ -227,7 +227,7 @@ def test_detectron2_missing_gives_install_line():
         pytest.skip('detectron2 is installed')
     except ImportError: pass
     with pytest.raises(ImportError, match='no-build-isolation'): import_detectron2()
-    with pytest.raises(ImportError, match='README'): Detectron2Masker('m.pkl', 'k.pkl')
+    with pytest.raises(ImportError, match='Installing detectron2'): Detectron2Masker('m.pkl', 'k.pkl')
 
 
 def test_detectron2_real_backend(paths, tmp_path):

@@ -31,7 +31,7 @@ def import_detectron2():
         return detectron2
     except ImportError as e:
         raise ImportError(f"The detectron2 masking backend needs detectron2, which is not installed ({e}). It has no PyPI "
-                          f"release; after torch is installed run:\n    {D2_INSTALL}\n(see the README, 'Optional: detectron2'). "
+                          f"release; after torch is installed run:\n    {D2_INSTALL}\n(see chapter 02ec_masking.detectron2, 'Installing detectron2'). "
                           "Or use TorchvisionMasker, the same R50-FPN models.") from None
 
 def detectron2_inputs(arrays:Sequence[np.ndarray], min_size:int=800, max_size:int=1333) -> list[dict]:
