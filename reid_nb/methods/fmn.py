@@ -456,7 +456,7 @@ FMN = Method(
                 ' 40.7). “Basel.” detected mAP is printed as “34” here (shown as 34.0) and is 33.68 in Table 1, '
                 'consistent only as a whole number; the other five numbers the two tables share agree after rounding.'
                 ' Compare ours with Table 1, which gives two decimals.']),
-        'FMN/table5_masked_layer': dict(title='Table 5. Which GRN layer is masked (Market-1501)'),},
+        'FMN/table5_masked_layer': dict(title='Table 5. Which GRN layer is masked (Market-1501)')},
     claims={'FMN > GRN': (['FMN/table1_branches'], ['FMN', 'GRN'], '>'),
             'FMN: re-ranking helps': (['FMN/table2_market', 'FMN/table3_duke', 'FMN/table4_cuhk03_new_protocol'], ['FMN+re-rank', 'FMN'], '>'),
             'FMN: Pool1 ≥ Res2 > Res3 > Res4': (['FMN/table5_masked_layer'], ['Pool1', 'Res2', 'Res3', 'Res4'], ['≥', '>', '>'])})

@@ -323,6 +323,6 @@ MGRAN = Method(
                 "protocol row has 54–93 %. FMN's Table 4, a new-protocol table, quotes DPFL's detected rank-1 as the "
                 'same 40.7. Do not compare those two rows with the others or with ours.']),
         'MGRAN/table5_multi_feature_fusion': dict(title='Table 5. Effectiveness of multi-feature fusion (MF)'),
-        'MGRAN/table6_region_level_alignment': dict(title='Table 6. Effectiveness of region-level feature alignment (RFA)'),},
+        'MGRAN/table6_region_level_alignment': dict(title='Table 6. Effectiveness of region-level feature alignment (RFA)')},
     claims={'MGRAN > MGRAN−GF': (['MGRAN/table5_multi_feature_fusion'], ['MGRAN', 'MGRAN-GF (no global feature)'], '>'),
             'MGRAN-RL > MGRAN-PL': (['MGRAN/table6_region_level_alignment'], ['MGRAN-RL (region-level)', 'MGRAN-PL (part-level)'], '>')})
