@@ -6,7 +6,8 @@ from PIL import Image
 from reid_nb.core import ExperimentConfig
 from reid_nb.data.market import read_market1501
 from reid_nb.data.pipeline import (IMAGENET_MEAN, IMAGENET_STD, COCO_FLIP_INDEX, PKSampler, ReIDTransform, ReIDImages,
-                                   build_dataloaders, eval_dataloader, denormalize, SamplerEpoch)
+                                   build_dataloaders, eval_dataloader, denormalize)
+from reid_nb.train import SamplerEpoch
 
 # ---------------------------------------------------------------- PK sampler
 def _chunks(sampler, P, K): return np.array(list(sampler)).reshape(-1, P*K)

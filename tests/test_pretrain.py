@@ -1,14 +1,16 @@
 """The stand-in for ImageNet weights: a disjoint world, a cache keyed by configuration, its budgets and notes. Training the
-smoke stand-in once, caching it, loading it through `build_backbone` and distrusting a corrupt record is checked by its
-chapter, nbs/07c_pretrain.ipynb, under nbdev_test (the same assertions, once: it is a 30-second training)."""
+smoke stand-in once (`reid_nb.runner.standin_weights`: the stand-in is a run), caching it, loading it through `build_backbone`
+and distrusting a corrupt record is checked by its chapter, nbs/07c_pretrain.ipynb, under nbdev_test (the same assertions,
+once: it is a 30-second training). A model builder never trains it: asked for one not trained yet, it says how to make it."""
 import json
 import pytest, torch
 from reid_nb.core import get_preset, PRESETS
 from reid_nb.runner import validate_config
 from reid_nb.model import build_backbone
 from reid_nb.data.synth.layouts import WORLD_OFFSET
-from reid_nb.pretrain import (STANDIN_SEED, STANDIN_BUDGETS, standin_config, standin_budget, standin_path, standin_weights,
+from reid_nb.pretrain import (STANDIN_SEED, STANDIN_BUDGETS, standin_config, standin_budget, standin_path, standin_file,
                               standin_record, weights_note)
+from reid_nb.runner import standin_weights
 
 
 def test_quick_and_cpu_start_from_their_standin_paper_from_imagenet_smoke_from_random():
@@ -41,3 +43,12 @@ def test_weights_note_names_every_start():
     assert 'stand-in for ImageNet weights' in weights_note(['standin:quick'])
     assert weights_note([False]) == 'Our backbones started from random initialisation.'
     assert 'ImageNet' in weights_note([True]) and 'w.pth' in weights_note(['/x/w.pth'])
+
+
+def test_a_model_builder_never_trains_the_standin(tmp_path, monkeypatch):
+    "`build_backbone('…', pretrained='standin:…')` before the stand-in exists: an error naming the file and how to train it, no training."
+    monkeypatch.setenv('REID_NB_DATA', str(tmp_path))
+    with pytest.raises(FileNotFoundError, match=r"names the smoke stand-in weights of resnet_mini, expected at .*not trained yet.*standin_weights\('resnet_mini', 'smoke'\)"):
+        build_backbone('resnet_mini', pretrained='standin:smoke')
+    assert not any(tmp_path.rglob('*.pth'))
+    with pytest.raises(FileNotFoundError, match='not trained yet'): standin_file('standin', 'resnet18')

@@ -77,7 +77,8 @@ def test_experiment_path_on_each_analog(analogs, name):
     with their identities and cameras in loader order, scored under the analog's protocol. Features that encode the
     identity score rank-1 = mAP = 1 (wrong order, identities or protocol would not), and the model's are scored alike."""
     from reid_nb.core import get_preset, seed_everything
-    from reid_nb.data.pipeline import build_dataloaders, eval_dataloader, SamplerEpoch
+    from reid_nb.data.pipeline import build_dataloaders, eval_dataloader
+    from reid_nb.train import SamplerEpoch
     from reid_nb.methods.registry import build_model, build_loss
     from reid_nb.train import reid_learner
     from reid_nb.evaluation import extract_features, euclidean_distance, pool_features

@@ -1,6 +1,6 @@
 """Training throughput on one GPU, in images per second, of the baseline and MMGA at 384×128 (ResNet-50, random weights):
 fp32, bf16, and bf16 with channels_last, each through the runner's own pieces — a fastai `Learner` from `reid_learner`
-with the callbacks of `reid_nb.distributed.precision_callbacks` (fastai's MixedPrecision, ChannelsLast) — on one
+with the callbacks of `reid_nb.train.precision_callbacks` (fastai's MixedPrecision, ChannelsLast) — on one
 synthetic P×K batch served again and again (no data loading: the model's speed alone). Ratios to fp32 are printed.
 
     python tests/benchmarks/bench_throughput.py                  # CUDA, the paper's batch P×K = 24×4
@@ -10,7 +10,8 @@ import torch
 from reid_nb.core import get_preset
 from reid_nb.methods.registry import build_model, build_loss
 from reid_nb.train import reid_learner
-from reid_nb.distributed import precision_callbacks, supported_precisions
+from reid_nb.distributed import supported_precisions
+from reid_nb.train import precision_callbacks
 from reid_nb.methods.mmga import attention_size
 from fastai.data.core import DataLoaders
 
