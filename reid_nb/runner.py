@@ -12,6 +12,7 @@ import matplotlib.pyplot as plt
 import torch
 from fastai.callback.core import Callback
 from fastai.torch_core import rank_distrib
+from fastcore.basics import patch
 from .core import ExperimentConfig, seed_everything, default_device, check_choice, write_json_atomic, atomic_path, file_lock
 from .pretrain import STANDIN_BUDGETS, STANDIN_SEED, standin_config, standin_path, standin_budget, _record_ok
 from .data.registry import (DATASET_NAMES as DATASETS, DATASET_OPTIONS, SYNTHETIC_ANALOGS, synth_sizes, load_dataset)
@@ -108,7 +109,7 @@ def _to_builtin(o):
     if isinstance(o, Path): return str(o)
     raise TypeError(f"{type(o).__name__} is not JSON serialisable")
 
-# %% ../nbs/08b_runner.ipynb #ac0012c0
+# %% ../nbs/08b_runner.ipynb #9d0ac29b
 _KEEP = ('rank1', 'rank5', 'rank10', 'rank20', 'mAP', 'mAP_trapezoid', 'mINP', 'cmc', 'ci95', 'num_valid_queries')
 
 def _main_only(f):
@@ -140,56 +141,63 @@ class Run:
 
     def _timed(self, step:str, t0:float): self.timings[step] = self.timings.get(step, 0.) + time.time() - t0
 
-    def load_data(self):
-        "Seed everything, read (or generate) the dataset, and set up the mask source the method's samples need."
-        seed_everything(self.cfg.seed)
-        t0 = time.time()
-        m, c, o = self.method, self.cfg, self.options
-        self.mask_source = resolve_mask_source(c, m.carries(c, o, train=True) + m.carries(c, o, train=False))
-        def read():  # generated or cached on disk: rank 0 first
-            ds = load_dataset(c, progress=self.progress and self.is_main)
-            return ds, mask_extras(ds, self.mask_source, progress=self.progress and self.is_main)
-        self.ds, self.extras = main_first(read)
-        self._timed('data', t0)
-        ds = self.ds
-        self.log(f'data: {ds.name}, {len(ds.train)} training images of {ds.num_train_pids} ids, {len(ds.query)} queries, '
-                 f'{len(ds.gallery)} gallery images; mask source {self.mask_source}')
-        return self.ds
+# %% ../nbs/08b_runner.ipynb #38aeba93
+@patch
+def load_data(self:Run):
+    "Seed everything, read (or generate) the dataset, and set up the mask source the method's samples need."
+    seed_everything(self.cfg.seed)
+    t0 = time.time()
+    m, c, o = self.method, self.cfg, self.options
+    self.mask_source = resolve_mask_source(c, m.carries(c, o, train=True) + m.carries(c, o, train=False))
+    def read():  # generated or cached on disk: rank 0 first
+        ds = load_dataset(c, progress=self.progress and self.is_main)
+        return ds, mask_extras(ds, self.mask_source, progress=self.progress and self.is_main)
+    self.ds, self.extras = main_first(read)
+    self._timed('data', t0)
+    ds = self.ds
+    self.log(f'data: {ds.name}, {len(ds.train)} training images of {ds.num_train_pids} ids, {len(ds.query)} queries, '
+             f'{len(ds.gallery)} gallery images; mask source {self.mask_source}')
+    return self.ds
 
-    def build(self):
-        "Loaders with the method's views and targets, the model, its loss, and the `Learner` (protocol evaluation as validation)."
-        c, ds = self.cfg, self.ds
-        recipe = self.method.recipe(c, self.options)
-        test_extras = self.extras if self.method.carries(c, self.options, train=False) != ('image',) else None
-        self.dls = build_dataloaders(ds, c, extras=self.extras, recipe=recipe, eval_extras=test_extras, device=self.device)
-        self.query_dl = eval_dataloader(ds.query, c, extras=test_extras, recipe=recipe)
-        self.gallery_dl = eval_dataloader(ds.gallery, c, extras=test_extras, recipe=recipe)
-        self.recipe_, self.test_extras = recipe, test_extras
-        if budget := standin_budget(c.pretrained):   # rank 0 pretrains the stand-in weights if not cached; the model loads them
-            main_first(standin_weights, c.backbone, budget, progress=self.progress and self.is_main)
-        self.model = build_model(c, ds.num_train_pids)
-        self.eval_cb = ReIDEvalCallback(self.query_dl, self.gallery_dl, every=max(1, c.epochs // 2), flip=self.choices['flip_test'],
-                                        evaluate_fn=self.evaluate_distances)
-        self.stages = build_stages(c)
-        n_epochs = sum(s.epochs or c.epochs for s in self.stages)
-        self.learn = reid_learner(self.dls, self.model, c, cbs=[self.eval_cb, SamplerEpoch(), EpochLog(self.log, n_epochs)]
-                                  + precision_callbacks(c, self.device), loss_func=build_loss(c))
-        where = f'{self.device} × {torch.distributed.get_world_size()} processes' if self.distributed else f'{self.device}'
-        self.log(f'model: {c.backbone} for {self.method.name}; training {n_epochs} epoch(s) in {len(self.stages)} stage(s) on {where}'
-                 + ('' if c.precision == 'fp32' else f', {c.precision} mixed precision'))
-        return self.learn
+# %% ../nbs/08b_runner.ipynb #ba14f801
+@patch
+def build(self:Run):
+    "Loaders with the method's views and targets, the model, its loss, and the `Learner` (protocol evaluation as validation)."
+    c, ds = self.cfg, self.ds
+    recipe = self.method.recipe(c, self.options)
+    test_extras = self.extras if self.method.carries(c, self.options, train=False) != ('image',) else None
+    self.dls = build_dataloaders(ds, c, extras=self.extras, recipe=recipe, eval_extras=test_extras, device=self.device)
+    self.query_dl = eval_dataloader(ds.query, c, extras=test_extras, recipe=recipe)
+    self.gallery_dl = eval_dataloader(ds.gallery, c, extras=test_extras, recipe=recipe)
+    self.recipe_, self.test_extras = recipe, test_extras
+    if budget := standin_budget(c.pretrained):   # rank 0 pretrains the stand-in weights if not cached; the model loads them
+        main_first(standin_weights, c.backbone, budget, progress=self.progress and self.is_main)
+    self.model = build_model(c, ds.num_train_pids)
+    self.eval_cb = ReIDEvalCallback(self.query_dl, self.gallery_dl, every=max(1, c.epochs // 2), flip=self.choices['flip_test'],
+                                    evaluate_fn=self.evaluate_distances)
+    self.stages = build_stages(c)
+    n_epochs = sum(s.epochs or c.epochs for s in self.stages)
+    self.learn = reid_learner(self.dls, self.model, c, cbs=[self.eval_cb, SamplerEpoch(), EpochLog(self.log, n_epochs)]
+                              + precision_callbacks(c, self.device), loss_func=build_loss(c))
+    where = f'{self.device} × {torch.distributed.get_world_size()} processes' if self.distributed else f'{self.device}'
+    self.log(f'model: {c.backbone} for {self.method.name}; training {n_epochs} epoch(s) in {len(self.stages)} stage(s) on {where}'
+             + ('' if c.precision == 'fp32' else f', {c.precision} mixed precision'))
+    return self.learn
 
-    def train(self):
-        "Train through the method's stages (resuming from `ckpt_dir` when given)."
-        t0 = time.time()
-        with distributed_training(self.learn, sync_bn=self.cfg.sync_bn):   # one process: nothing changes
-            fit_stages(self.learn, self.cfg, self.stages, ckpt_dir=self.ckpt_dir)
-        self._timed('train', t0)
-        return self.learn
+# %% ../nbs/08b_runner.ipynb #0a0cfb5b
+@patch
+def train(self:Run):
+    "Train through the method's stages (resuming from `ckpt_dir` when given)."
+    t0 = time.time()
+    with distributed_training(self.learn, sync_bn=self.cfg.sync_bn):   # one process: nothing changes
+        fit_stages(self.learn, self.cfg, self.stages, ckpt_dir=self.ckpt_dir)
+    self._timed('train', t0)
+    return self.learn
 
-    def evaluate_distances(self, distmat, q_pids, g_pids, q_camids, g_camids) -> dict:
-        "Evaluate a (Q, G) distance matrix under the dataset's protocol."
-        return evaluate_protocol(distmat, q_pids, g_pids, q_camids, g_camids, self.ds.protocol, seed=self.cfg.seed)
+@patch
+def evaluate_distances(self:Run, distmat, q_pids, g_pids, q_camids, g_camids) -> dict:
+    "Evaluate a (Q, G) distance matrix under the dataset's protocol."
+    return evaluate_protocol(distmat, q_pids, g_pids, q_camids, g_camids, self.ds.protocol, seed=self.cfg.seed)
 
 # %% ../nbs/08b_runner.ipynb #e7a1c0d2
 class EpochLog(Callback):
