@@ -25,7 +25,7 @@ from .distributed import process_device, init_distributed, rank_local, main_firs
 from .train import (OPTIMIZERS, SCHEDULES, reid_learner, fit_stages, ReIDEvalCallback, plot_training_curves,
                            training_history, SamplerEpoch, precision_callbacks, distributed_training)
 from .method import MASK_SOURCES, resolve_mask_source, mask_extras
-from .methods.registry import (METHODS, get_method, method_options, build_model, build_loss, build_stages,
+from .methods.registry import (METHODS, load_plugins, get_method, method_options, build_model, build_loss, build_stages,
                                       evaluation_choices)
 
 # %% auto #0
@@ -35,6 +35,7 @@ __all__ = ['validate_config', 'RunRecord', 'Run', 'EpochLog', 'multi_query_recor
 def validate_config(cfg:ExperimentConfig) -> ExperimentConfig:
     "Raise a `ValueError` listing every invalid field of `cfg` (unknown names, out-of-range numbers); else return `cfg`."
     problems = []
+    load_plugins()   # methods kept outside the package ($REID_NB_METHODS) are valid names too
     def choice(what, value, choices):
         try: check_choice(what, value, choices)
         except ValueError as e: problems.append(str(e))
