@@ -18,8 +18,8 @@ warnings.filterwarnings('ignore', message=r'`torch\.jit\.script` is deprecated',
 # %% auto #0
 __all__ = ['PART_LABELS', 'PART', 'PART_COLORS', 'COCO_KEYPOINTS', 'COCO_SKELETON', 'PRESETS', 'LAYERS', 'check_choice',
            'available_devices', 'default_device', 'seed_everything', 'data_dir', 'atomic_path', 'write_text_atomic',
-           'write_json_atomic', 'file_lock', 'ExperimentConfig', 'get_preset', 'Outputs', 'Stage', 'config_key',
-           'layer_of']
+           'write_json_atomic', 'file_lock', 'ExperimentConfig', 'get_preset', 'eval_mode', 'Outputs', 'Stage',
+           'config_key', 'layer_of']
 
 # %% ../nbs/00_core.ipynb #df787375
 def check_choice(what:str, value, choices:Iterable):
@@ -229,6 +229,16 @@ def get_preset(preset:str, /, **overrides) -> ExperimentConfig:
     "The `ExperimentConfig` of `preset`, with `overrides` (any field, `name` included) applied."
     check_choice('preset', preset, PRESETS)
     return ExperimentConfig.from_dict({**PRESETS[preset], **overrides})
+
+# %% ../nbs/00_core.ipynb #66272bf2
+@contextlib.contextmanager
+def eval_mode(model:torch.nn.Module):
+    "Run the block with every module of `model` in eval mode; afterwards each module is back in its own mode."
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try: yield model
+    finally:
+        for m, training in modes: m.training = training
 
 # %% ../nbs/00_core.ipynb #7438575c
 @dataclass

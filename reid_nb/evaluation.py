@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from fastprogress.fastprogress import progress_bar
-from .core import check_choice
+from .core import check_choice, eval_mode
 from .distributed import is_distributed, world_size, shard_loader, gather_in_order
 
 # %% auto #0
@@ -48,10 +48,8 @@ def extract_features(model, dl, flip:bool=True, device=None, progress:bool=True)
     n, dl = (len(dl.dataset), shard_loader(dl)) if shard else (None, dl)
     device = torch.device(device) if device is not None else _model_device(model)
     model.to(device)
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
     feats, pids, camids = [], [], []
-    try:
+    with eval_mode(model):
         it = dl
         if progress:
             try: it = progress_bar(dl, total=len(dl), leave=False)
@@ -68,8 +66,6 @@ def extract_features(model, dl, flip:bool=True, device=None, progress:bool=True)
             feats.append(f.cpu())
             pids.append(_as_tensor(p, 'pids', torch.int64, 'cpu').reshape(-1))
             camids.append(_as_tensor(c, 'camids', torch.int64, 'cpu').reshape(-1))
-    finally:
-        for m, training in modes: m.training = training
     if not feats: raise ValueError("The loader yielded no batches; expected at least one (images, pids, camids) batch.")
     out = torch.cat(feats), torch.cat(pids), torch.cat(camids)
     return out if n is None else tuple(gather_in_order(t, n) for t in out)

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 import torch.nn.functional as F
-from ..core import check_choice
+from ..core import check_choice, eval_mode
 from ..model import BACKBONES, build_backbone, backbone_from_config
 from ..core import Outputs
 from ..losses import Term, cross_entropy
@@ -176,9 +176,7 @@ class FeatureMaskNetwork(nn.Module):
     @torch.no_grad()
     def masks(self, x:torch.Tensor) -> torch.Tensor:
         "The masks m (B, h, w) of images `x`, in eval mode."
-        training = self.training; self.eval()
-        try: return self.mn.mask(self.grn(x, self.masked_layer)[1])
-        finally: self.train(training)
+        with eval_mode(self): return self.mn.mask(self.grn(x, self.masked_layer)[1])
 
 # %% ../../nbs/13_methods.fmn.ipynb #01c255f1
 def true_class_probability(logits:torch.Tensor, pids:torch.Tensor) -> torch.Tensor:

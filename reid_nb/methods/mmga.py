@@ -13,7 +13,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 from torchvision import tv_tensors
-from ..core import check_choice
+from ..core import check_choice, eval_mode
 from ..model import BACKBONES, backbone_from_config
 from ..core import Outputs
 from ..losses import Term, cross_entropy, batch_hard_triplet_loss
@@ -164,9 +164,7 @@ class MMGANet(nn.Module):
     @torch.no_grad()
     def attention_maps(self, x:torch.Tensor) -> dict:
         "The spatial maps S `{name: (B, h, w)}` of images `x`, computed in eval mode (BatchNorm statistics untouched)."
-        was = self.training; self.eval()
-        try: return self.features(x)[1]
-        finally: self.train(was)
+        with eval_mode(self): return self.features(x)[1]
 
 # %% ../../nbs/11_methods.mmga.ipynb #03c18085
 def normalize_attention(s:torch.Tensor, eps:float=1e-6) -> torch.Tensor:
