@@ -18,8 +18,8 @@ from .core import check_choice, Outputs
 from .pretrain import standin_budget, standin_file
 
 # %% auto #0
-__all__ = ['BACKBONES', 'BackboneSpec', 'set_last_stride', 'build_backbone', 'backbone_from_config', 'ReIDBaseline',
-           'build_baseline']
+__all__ = ['BACKBONES', 'BackboneSpec', 'set_last_stride', 'build_backbone', 'backbone_from_config', 'init_classifier',
+           'ReIDBaseline', 'build_baseline']
 
 # %% ../nbs/04_model.ipynb #29815332
 class BackboneSpec(NamedTuple):
@@ -103,6 +103,13 @@ def backbone_from_config(cfg) -> tuple[nn.Sequential, int]:
     "`build_backbone` of the configuration's backbone, weights and last stride: the trunk every method's model starts from."
     return build_backbone(cfg.backbone, pretrained=cfg.pretrained, last_stride=cfg.last_stride)
 
+# %% ../nbs/04_model.ipynb #64309104
+def init_classifier(fc:nn.Linear) -> nn.Linear:
+    "An identity classifier's initialisation, for every method: weights N(0, 0.001²), bias (if any) zero."
+    nn.init.normal_(fc.weight, std=0.001)
+    if fc.bias is not None: nn.init.zeros_(fc.bias)
+    return fc
+
 # %% ../nbs/04_model.ipynb #547daf69
 class ReIDBaseline(nn.Module):
     "Backbone → GAP → linear embedding → BNNeck → bias-free identity classifier."
@@ -115,7 +122,7 @@ class ReIDBaseline(nn.Module):
         self.bnneck.bias.requires_grad_(False)  # no shift: keep features centred for the bias-free classifier
         self.classifier = nn.Linear(embed_dim, n_classes, bias=False)
         nn.init.kaiming_normal_(self.embedding.weight, mode='fan_out'); nn.init.zeros_(self.embedding.bias)
-        nn.init.normal_(self.classifier.weight, std=0.001)
+        init_classifier(self.classifier)
 
     def param_groups(self) -> dict:
         "Parameter groups for per-group learning rates: the (pretrained) backbone and the new layers."

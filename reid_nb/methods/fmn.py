@@ -14,7 +14,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 from ..core import check_choice, eval_mode
-from ..model import BACKBONES, build_backbone, backbone_from_config
+from ..model import BACKBONES, build_backbone, backbone_from_config, init_classifier
 from ..core import Outputs
 from ..losses import Term, cross_entropy
 from ..core import Stage
@@ -64,8 +64,7 @@ def mask_size(height:int, width:int, masked_layer:str='pool1') -> tuple[int, int
 
 # %% ../../nbs/13_methods.fmn.ipynb #615876a9
 def _classifier(channels:int, n_classes:int) -> nn.Linear:
-    fc = nn.Linear(channels, n_classes)
-    nn.init.normal_(fc.weight, std=0.001); nn.init.zeros_(fc.bias)
+    fc = init_classifier(nn.Linear(channels, n_classes))
     return fc
 
 class GRN(nn.Module):

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as TF
-from ..model import backbone_from_config
+from ..model import backbone_from_config, init_classifier
 from ..core import Outputs
 from ..losses import Term, margin_sample_mining_loss, cross_entropy
 from ..regions import (REGIONS, PARTS, SHOULDERS, HIPS, region_masks, part_masks, pedestrian_region, space_alignment,
@@ -165,7 +165,7 @@ class MGRANNet(nn.Module):
         dim = len(self.views)*out_channels
         if n_classes:  # the identity-loss option
             self.bnneck = nn.BatchNorm1d(dim); self.bnneck.bias.requires_grad_(False)
-            self.classifier = nn.Linear(dim, n_classes, bias=False); nn.init.normal_(self.classifier.weight, std=0.001)
+            self.classifier = init_classifier(nn.Linear(dim, n_classes, bias=False))
         else: self.bnneck = self.classifier = None
 
     def view_features(self, x:torch.Tensor) -> torch.Tensor:

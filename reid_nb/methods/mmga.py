@@ -14,7 +14,7 @@ from torch import nn
 import torch.nn.functional as F
 from torchvision import tv_tensors
 from ..core import check_choice, eval_mode
-from ..model import BACKBONES, backbone_from_config
+from ..model import BACKBONES, backbone_from_config, init_classifier
 from ..core import Outputs
 from ..losses import Term, cross_entropy, batch_hard_triplet_loss
 from ..core import Stage
@@ -126,7 +126,7 @@ class MMGANet(nn.Module):
         self.classifier_whole = nn.Linear(dims['whole'], n_classes, bias=False)   # Eq. 6: W^T f, no bias
         if 'upper' in v.branches: self.classifier_local = nn.Linear(dims['upper'] + dims['bottom'], n_classes, bias=False)
         for m in (self.classifier_whole, getattr(self, 'classifier_local', None)):
-            if m is not None: nn.init.normal_(m.weight, std=0.001)
+            if m is not None: init_classifier(m)
 
     def param_groups(self) -> dict:
         "The (pretrained) trunk, and everything new: attention modules, reductions, classifiers."

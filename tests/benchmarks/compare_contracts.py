@@ -1,6 +1,7 @@
 """What a reproduction promises, this checkout against another (e.g. the commit before a restructuring,
 `git worktree add /tmp/before <commit>`): for every preset, the runs and their configurations, and the tables' ids,
-titles, columns, rows, which rows are ours and their footnotes, and the claims. Nothing is trained.
+titles, columns, rows, which rows are ours and their footnotes, and the claims; and every smoke run's model as built
+from seed 0 (a digest of its initial weights). Nothing is trained.
 
     python tests/benchmarks/compare_contracts.py --other /tmp/before
 """
@@ -13,8 +14,11 @@ import json, warnings
 warnings.simplefilter('ignore')
 import reid_nb
 from reid_nb.core import PRESETS, get_preset
-try: from reid_nb.methods.registry import experiments_for
-except ImportError: from reid_nb.experiment import experiments_for
+import hashlib, torch
+try: from reid_nb.methods.registry import experiments_for, build_model
+except ImportError:
+    from reid_nb.experiment import experiments_for
+    from reid_nb.recipe import build_model
 from reid_nb.tables import build_tables
 from reid_nb.claims import check_claims
 out = {}
@@ -24,6 +28,12 @@ for preset in PRESETS:
     out[preset] = dict(runs=runs, tables={tid: dict(title=t['title'], columns=t['columns'], rows=[(r['row'], r['ours']) for r in t['rows']],
                                                     footnotes=t['footnotes']) for tid, t in tables.items()},
                        claims={c: dict(paper=v['paper'], rows=v['rows']) for c, v in check_claims(tables).items()})
+models = {}
+for name, o in experiments_for('smoke'):
+    torch.manual_seed(0)
+    sd = build_model(get_preset('smoke', **o), 10).state_dict()
+    models[name] = hashlib.sha1(b''.join(k.encode() + v.detach().cpu().numpy().tobytes() for k, v in sd.items())).hexdigest()
+out['smoke'].update(models=models)
 print(json.dumps(dict(package=reid_nb.__file__, contracts=out)))
 '''
 
@@ -44,7 +54,8 @@ def main():
     same = True
     for preset in sorted(set(this) | set(other)):
         a, b = this.get(preset, {}), other.get(preset, {})
-        for part in ('runs', 'tables', 'claims'):
+        for part in ('runs', 'tables', 'claims', 'models'):
+            if part not in a and part not in b: continue
             x, y = a.get(part, {}), b.get(part, {})
             diff = sorted(k for k in set(x) | set(y) if x.get(k) != y.get(k))
             same &= not diff
