@@ -8,7 +8,6 @@ import argparse, difflib, json, os, re, sys
 from pathlib import Path
 from dataclasses import fields
 from .core import PRESETS, ExperimentConfig, check_choice
-from .reports import RunFailed
 
 # %% auto #0
 __all__ = ['parse_overrides', 'chapters', 'build_site', 'cell_directives', 'readme_outputs', 'relink', 'readme_markdown',
@@ -104,7 +103,7 @@ def parse_overrides(items:list[str]) -> dict:
 # %% ../nbs/10_cli.ipynb #78f532bb
 def chapters(nbs=None) -> list[tuple[Path, str, str]]:
     "(notebook, title, summary) of each chapter in `nbs` (default: the package's), in order; the run template and front page left out."
-    from reid_nb.reports import notebooks_dir
+    from reid_nb.reproduce import notebooks_dir
     out = []
     for p in sorted(Path(nbs or notebooks_dir()).glob('*.ipynb')):
         if p.name in ('90_experiment.ipynb', 'index.ipynb'): continue   # the run template; the front page (the site's home)
@@ -117,7 +116,8 @@ def chapters(nbs=None) -> list[tuple[Path, str, str]]:
 def build_site(out='_docs', nbs=None, plain:bool=False) -> Path:
     "The chapters as a site in `out`: `nbdev_docs` when quarto is installed (and not `plain`), else nbconvert pages + index."
     import html, re, shutil, subprocess
-    from reid_nb.reports import render_html, notebooks_dir
+    from reid_nb.report import render_html
+    from reid_nb.reproduce import notebooks_dir
     from reid_nb.core import write_text_atomic
     if not plain and shutil.which('quarto'):
         subprocess.run(['nbdev_docs'], check=True); return Path('_docs')/'index.html'
@@ -210,7 +210,7 @@ def readme_markdown(nb_path, readme_dir) -> tuple[str, dict]:
 
 # %% ../nbs/10_cli.ipynb #2d4efbe4
 def _readme_paths(nb_path=None, readme=None) -> tuple[Path, Path]:
-    from reid_nb.reports import notebooks_dir
+    from reid_nb.reproduce import notebooks_dir
     nb_path = Path(nb_path) if nb_path else notebooks_dir()/'index.ipynb'
     return nb_path, Path(readme) if readme else nb_path.parent.parent/'README.md'
 
@@ -229,6 +229,12 @@ def stale_readme(nb_path=None, readme=None) -> list[str]:
     text, files = readme_markdown(nb_path, readme.parent)
     want = {readme.name: text.encode()} | files
     return [p for p, data in want.items() if not (readme.parent/p).is_file() or (readme.parent/p).read_bytes() != data]
+
+# %% ../nbs/10_cli.ipynb #7fe3fd57
+def _run_failed() -> tuple:
+    "The exception a failed run raises, once the chain is loaded: a command that did not load it cannot have raised it."
+    chain = sys.modules.get('reid_nb.reproduce')
+    return (chain.RunFailed,) if chain else ()
 
 # %% ../nbs/10_cli.ipynb #a3fd609a
 def run_list(preset:str):
@@ -254,7 +260,7 @@ def main(argv:list[str]|None=None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == 'reproduce':
-            from reid_nb.reports import reproduce
+            from reid_nb.reproduce import reproduce
             check_choice('preset', args.preset, PRESETS)
             if args.list:
                 print(run_list(args.preset).to_string(index=False)); return 0
@@ -269,7 +275,7 @@ def main(argv:list[str]|None=None) -> int:
                       f"{int((~todo).sum())} reused; the stand-in weights are pretrained first if not cached.")
             else: print(f'Report: {index}')
         elif args.command == 'run':
-            from reid_nb.reports import run_one
+            from reid_nb.reproduce import run_one
             check_choice('preset', args.preset, PRESETS)
             overrides = json.loads(args.overrides_json) if args.overrides_json else parse_overrides(args.overrides)
             run_dir = run_one(args.preset, args.key, args.out, overrides=overrides, seeds=args.seeds, progress=not args.quiet, force=args.force)
@@ -289,7 +295,7 @@ def main(argv:list[str]|None=None) -> int:
     except (ValueError, FileNotFoundError, FileExistsError) as e:
         print(f'reid_nb {args.command}: error: {e}', file=sys.stderr)
         return 2
-    except RunFailed as e:
+    except _run_failed() as e:
         print(f'reid_nb {args.command}: {e}', file=sys.stderr)
         return 1
     return 0

@@ -282,7 +282,7 @@ def config_key(config) -> str:
 LAYERS = (   # bottom to top: a module may import from its own floor and the floors below it, never from above
     ('core',), ('pretrain',), ('distributed',), ('data',), ('masking',), ('regions',),
     ('model', 'losses', 'evaluation', 'reranking'), ('train',), ('method',), ('methods',), ('runner',),
-    ('tables',), ('claims',), ('reports',), ('cli',))
+    ('tables',), ('claims',), ('plan', 'report'), ('reproduce',), ('cli',))
 
 def layer_of(module:str) -> int:
     "The floor of `reid_nb.<module>` (a dotted name inside a package takes its package's floor); an unknown module is an error."

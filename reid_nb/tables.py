@@ -19,10 +19,10 @@ from .method import MAIN, MAIN_RERANKED
 from .methods.registry import declared_rows, declared_tables
 
 # %% auto #0
-__all__ = ['TABLE_IDS', 'METRIC_LABELS', 'SEED_SEP', 'paper_tables', 'paper_table', 'ColumnSource', 'column_source', 'RowSource',
-           'row_sources', 'row_runs', 'runs_for_tables', 'tables_for_run', 'footnotes', 'evaluation_name', 'seed_name',
-           'table_title', 'build_tables', 'table_frame', 'table_file_name', 'table_page_html', 'write_table_pages',
-           'tables_index_html']
+__all__ = ['TABLE_IDS', 'METRIC_LABELS', 'SEED_SEP', 'STYLESHEET', 'paper_tables', 'paper_table', 'ColumnSource', 'column_source',
+           'RowSource', 'row_sources', 'row_runs', 'runs_for_tables', 'tables_for_run', 'footnotes', 'evaluation_name',
+           'seed_name', 'table_title', 'build_tables', 'table_frame', 'table_file_name', 'table_page_html',
+           'write_table_pages', 'tables_index_html']
 
 # %% ../nbs/08c_tables.ipynb #be8b7a08
 @cache
@@ -305,12 +305,16 @@ def table_frame(table:dict) -> pd.DataFrame:
             lines.append([_ours_cell(r, c) for c in cols] + [r['run'] or 'not run in this preset'])
     return pd.DataFrame(lines, index=pd.MultiIndex.from_tuples(index, names=['row', 'numbers']), columns=cols + ['run'])
 
-# %% ../nbs/08c_tables.ipynb #aa1777ec
-_PAGE_CSS = """body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:84rem;color:#222;padding:0 1rem}
-h1{margin:0 0 .3rem;font-size:1.45rem} .sub{color:#444;margin:.15rem 0} .sub b{color:#111}
-.wrap{overflow-x:auto} table{border-collapse:collapse;margin:1.2rem 0;font-size:.88rem}
-th,td{border:1px solid #d4d4d4;padding:.28rem .5rem;text-align:right;white-space:nowrap;vertical-align:top}
-thead th{background:#f1f1f1;text-align:center;font-weight:600} th.row{text-align:left;font-weight:normal}
+# %% ../nbs/08c_tables.ipynb #559ba66f
+STYLESHEET = """body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:84rem;color:#222;padding:0 1rem}
+h1{margin:0 0 .3rem;font-size:1.45rem} .sub{color:#444;margin:.15rem 0} .sub b{color:#111} code{background:#f5f5f5;padding:0 .2rem}
+.wide{overflow-x:auto;max-width:100%} table{border-collapse:collapse;margin:1rem 0;font-size:.88rem}
+th,td{border:1px solid #d4d4d4;padding:.28rem .5rem;text-align:right;vertical-align:top} th{background:#f1f1f1;font-weight:600}
+table.dataframe td:nth-child(-n+2),table.dataframe th:nth-child(-n+2){text-align:left}
+.claims th,.claims td{text-align:left} .claims td.ev{font-size:.8rem;color:#444}
+.figs{display:flex;flex-wrap:wrap;gap:1rem;align-items:flex-start} .figs figure{margin:0;max-width:100%} .figs img{max-width:100%;height:auto;border:1px solid #ddd}
+figcaption{font-size:.85rem;color:#555}
+table.paper th,table.paper td{white-space:nowrap} table.paper thead th{text-align:center} th.row{text-align:left;font-weight:normal}
 td.src{text-align:left;color:#555;font-size:.8rem}
 tr.quoted th,tr.quoted td{color:#8a8a8a;background:#fbfbfb}
 tr.repro th,tr.repro td{background:#eaf3ff} tr.ours td{background:#d6e8ff;color:#0b2e59;font-weight:600}
@@ -322,6 +326,7 @@ tr.ours td.missing{text-align:center;font-style:italic;color:#8a3b00;background:
 tr.ours td.notrun{color:#8a3b00;font-style:italic;font-weight:normal;background:#fff4e5}
 .notes{font-size:.85rem;color:#333;max-width:70rem} .notes li{margin:.35rem 0}"""
 
+# %% ../nbs/08c_tables.ipynb #aa1777ec
 def table_file_name(table_id:str) -> str:
     "File name of a table's page: `<PAPER>_<table_key>.html`."
     return '_'.join(_split_id(table_id)) + '.html'
@@ -378,11 +383,11 @@ def table_page_html(table_id:str, table:dict) -> str:
     preset = next((r['preset'] for r in table['rows']), '')
     notes = ''.join(f'<li>{e(n)}</li>' for n in table['footnotes'])
     return f"""<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{e(table['title'])}</title>
-<style>{_PAGE_CSS}</style></head><body>
+<style>{STYLESHEET}</style></head><body>
 <h1>{e(table['title'])}</h1>
 <p class="sub">Paper: <b>{e(paper)}</b> · transcribed from {e(_parsed()[paper]['source'])} · our numbers: dataset <b>{e(', '.join(datasets) or 'not run in this preset')}</b> · preset <b>{e(preset)}</b></p>
 <p class="sub">Numbers in %. Reproduced rows show the paper's number, and ours below it with its 95 % bootstrap interval over test queries.</p>
-<div class="wrap"><table>{_header(cols)}<tbody>{''.join(body)}</tbody></table></div>
+<div class="wide"><table class="paper">{_header(cols)}<tbody>{''.join(body)}</tbody></table></div>
 <h2>Notes</h2><ol class="notes">{notes}</ol>
 </body></html>"""
 

@@ -135,13 +135,16 @@ def test_finished_runs_are_reused_corrupt_ones_recomputed_and_force_reruns(smoke
     assert again['metrics'] == first['metrics'] and again['results'] == first['results']
     assert '<td>computed now</td>' in (out/'index.html').read_text()
     # --force: every run planned again from scratch, its checkpoints removed first (the kernel itself is the path above)
-    import reid_nb.reports as reports
+    import reid_nb.reproduce as chain
     calls = []
     def fake_execute(preset, name, overrides, out_dir, progress=True, ckpt_dir=None, **kw):
         calls.append((name, Path(ckpt_dir).exists())); return Path(out_dir)/'runs'/name
-    monkeypatch.setattr(reports, 'execute_run', fake_execute)
-    res = cli(*args, '--force')
-    assert res.returncode == 0 and res.stdout.count(': computing (forced)') == 4, res.stdout + res.stderr
+    monkeypatch.setattr(chain, 'execute_run', fake_execute)   # where `_compute` looks it up
+    dry = cli(*args, '--force', '--dry-run')                        # the dry run makes the same decision
+    assert dry.returncode == 0 and '4 to compute' in dry.stdout, dry.stdout + dry.stderr
+    res = cli(*args, '--force')                                    # and says what starting over replaces
+    forced = ': computing (forced; replaces the run finished earlier with this configuration and its checkpoints, which would resume it after epoch'
+    assert res.returncode == 0 and res.stdout.count(forced) == 4, res.stdout + res.stderr
     assert calls == [(n, False) for n in ['baseline', *METHODS]]
     assert not leftovers(out)
 
