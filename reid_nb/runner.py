@@ -218,7 +218,7 @@ class EpochLog(Callback):
                 if last and 'rank1' in last and 'mAP' in last else '')
         self.log(f'epoch {e}/{self.n_epochs}{stage}: loss {self._sum/self._n:.3f} in {time.time()-self._t0:.0f} s{seen}')
 
-# %% ../nbs/08b_runner.ipynb #37841bff
+# %% ../nbs/08b_runner.ipynb #82b8211e
 def multi_query_records(ds) -> tuple[list, np.ndarray]:
     "The images each query pools under multi-query — its own image and its `gt_bbox` group — and per image the query it pools into."
     recs, owner = ds.multi_query_items()
@@ -233,6 +233,7 @@ def _with_interval(res:dict, seed:int) -> tuple[dict, dict]:
     if pq: out['ci95'] = {k: [float(lo), float(hi)] for k, (lo, hi) in bootstrap_ci(pq, seed=seed).items()}
     return out, {k: [float(x) for x in v] for k, v in pq.items()}
 
+# %% ../nbs/08b_runner.ipynb #442bdb2b
 def _evaluate(self:Run):
     "Extract descriptors, evaluate every evaluation of this run, with intervals; fills `.results`."
     t0, c, ds, flip = time.time(), self.cfg, self.ds, self.choices['flip_test']
@@ -260,6 +261,7 @@ def _evaluate(self:Run):
     return self.results
 Run.evaluate = _evaluate
 
+# %% ../nbs/08b_runner.ipynb #415cbb30
 @_main_only
 def _summary(self:Run) -> str:
     "One line per evaluation: rank-1 and mAP (%) with intervals, and the chance level."
@@ -269,7 +271,7 @@ def _summary(self:Run) -> str:
     return '\n'.join(lines + [f"{'chance':>40}: rank-1 {fmt(self.chance, 'rank1')}  mAP {fmt(self.chance, 'mAP')}"])
 Run.summary = _summary
 
-# %% ../nbs/08b_runner.ipynb #06fb1b16
+# %% ../nbs/08b_runner.ipynb #57323986
 def _save_figure(self:Run, fig, name:str):
     "Save `fig` beside metrics.json and remember its file name for the report."
     fig.savefig(self.out/f'{name}.png', dpi=110, bbox_inches='tight'); self.figures.append(f'{name}.png')
@@ -278,8 +280,10 @@ Run.save_figure = _save_figure
 
 @_main_only
 def _plot_training(self:Run): return self.save_figure(plot_training_curves(self.learn, title=self.cfg.name), 'training_curves')
+
 @_main_only
 def _plot_cmc(self:Run): return self.save_figure(plot_cmc({f'{self.cfg.name}, {k}': r['cmc'] for k, r in self.results.items()}), 'cmc')
+
 @_main_only
 def _plot_ranked_list(self:Run, n_queries:int=4, topk:int=10):
     ds = self.ds
@@ -297,6 +301,7 @@ def _method_figures(self:Run, when:str):
     return self.figures[n:]
 Run.method_figures = _method_figures
 
+# %% ../nbs/08b_runner.ipynb #badd6fe6
 def _recipe_summary(self:Run) -> dict:
     "The method as run: name, options, loss terms, stages, evaluation choices and mask source (plain data for the report)."
     from dataclasses import asdict
@@ -319,6 +324,7 @@ def _record(self:Run) -> RunRecord:
     return rec
 Run.record = _record
 
+# %% ../nbs/08b_runner.ipynb #11ad297b
 def run_experiment(cfg:ExperimentConfig, out_dir, preset:str='custom', ckpt_dir=None, figures:bool=True, progress:bool=True) -> RunRecord:
     "Every step of a `Run` of `cfg`: train, evaluate, plot, and write `metrics.json` into `out_dir`."
     run = Run(cfg, out_dir, preset, ckpt_dir=ckpt_dir, progress=progress)

@@ -334,7 +334,7 @@ FMN_RUNS = {**_fmn_runs('fmn', FMN_DATASETS, 'pool1', FMN_ROWS),
 FMN_RUNS['fmn-market']['presets'] += ('smoke',)
 
 
-# %% ../../nbs/13_methods.fmn.ipynb #cdc226de
+# %% ../../nbs/13_methods.fmn.ipynb #f0ab3e70
 def _rank1(distmat, q_pids, g_pids, q_camids, g_camids) -> torch.Tensor:
     "Index of each query's nearest valid gallery item (not the same identity and camera, not junk)."
     invalid = ((q_pids[:, None] == g_pids[None]) & (q_camids[:, None] == g_camids[None])) | (g_pids[None] == -1)
@@ -359,6 +359,7 @@ def _fmn_model(run) -> FeatureMaskNetwork:
     if run.method.name != 'fmn': raise TypeError(f"Expected a run of method 'fmn', found a run of {run.method.name!r}.")
     return getattr(run.learn.model, 'module', run.learn.model)
 
+# %% ../../nbs/13_methods.fmn.ipynb #41040712
 def plot_fmn_masks(run, n:int=4, save:bool=True):
     "Look-alike pairs (query, GRN's wrong rank-1) and FMN's rank-1, each image with its mask m overlaid; saved as fmn_masks.png."
     import matplotlib.pyplot as plt
@@ -386,7 +387,7 @@ def plot_fmn_masks(run, n:int=4, save:bool=True):
     fig.colorbar(im, cax=fig.add_axes([0.87, 0.25, 0.03, 0.5]), label='mask m (≥ 1)')
     return run.save_figure(fig, 'fmn_masks') if save else fig
 
-# %% ../../nbs/13_methods.fmn.ipynb #0ddfcda9
+# %% ../../nbs/13_methods.fmn.ipynb #87f7cdce
 def alpha_sweep(run, alphas=None) -> dict:
     "{α: {'rank1', 'mAP', 'ci95'}} of D(α) = [α ĝ, (1−α) l̂] from the run's extracted features (evaluation only)."
     from reid_nb.evaluation import euclidean_distance, bootstrap_ci
@@ -420,6 +421,7 @@ def plot_alpha_sweep(run, alphas=None, save:bool=True, sweep:dict|None=None):
     ax.legend(fontsize=8); fig.tight_layout()
     return run.save_figure(fig, 'alpha_sweep') if save else fig
 
+# %% ../../nbs/13_methods.fmn.ipynb #0df3af6d
 def fmn_figures(run, when:str='after', n:int=4, alphas=None) -> list[str]:
     "FMN's figures of a `Run` after `evaluate()` (`when='after'`): masks on `n` look-alike pairs and the α sweep, kept in `run.notes`."
     import matplotlib.pyplot as plt

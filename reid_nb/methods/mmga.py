@@ -361,7 +361,7 @@ def count_parameters(model:nn.Module) -> int:
     "Number of parameters of `model`."
     return sum(p.numel() for p in model.parameters())
 
-# %% ../../nbs/11_methods.mmga.ipynb #dcae2d24
+# %% ../../nbs/11_methods.mmga.ipynb #e83dbdbc
 def show_attention_maps(images:torch.Tensor, maps:dict, targets:dict|None=None, title:str|None=None, size:float=0.9):
     "Rows = images (B, 3, H, W); columns: the image, then each spatial map S_norm (Eq. 3) beside its target mask."
     import matplotlib.pyplot as plt
@@ -389,6 +389,7 @@ def _display_recipe(cfg, o) -> tuple:
     except ValueError: return shown, None    # no masks for this dataset: maps only
     return shown, source
 
+# %% ../../nbs/11_methods.mmga.ipynb #456f0dfb
 def mask_target_summary(records, extras, cfg, o) -> dict:
     "Over `records`: how many images have no person (empty mask: no attention loss) and each fallback of their target masks."
     v = VARIANTS[o.variant if VARIANTS[o.variant].supervised else 'mmga']
