@@ -281,7 +281,7 @@ def config_key(config) -> str:
 # %% ../nbs/00_core.ipynb #a251cb4d
 LAYERS = (   # bottom to top: a module may import from its own floor and the floors below it, never from above
     ('core',), ('pretrain',), ('distributed',), ('data',), ('masking',), ('regions',),
-    ('model', 'losses', 'evaluation', 'reranking'), ('train',), ('method',), ('methods',), ('runner',),
+    ('model', 'losses', 'evaluation', 'reranking', 'health'), ('train',), ('method',), ('methods',), ('runner',),
     ('tables',), ('claims',), ('plan', 'report'), ('reproduce',), ('cli',))
 
 def layer_of(module:str) -> int:

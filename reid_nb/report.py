@@ -51,6 +51,11 @@ def _start_words(pretrained) -> str:
     if standin_budget(pretrained): return f" ({standin_budget(pretrained)} stand-in)"
     return '' if pretrained is True else ' (random init)' if not pretrained else f' ({Path(str(pretrained)).name})'
 
+def _health_word(findings) -> str:
+    "A run's training health in a word or two: 'ok', 'n finding(s)', or 'not checked' (a record from before the checks)."
+    if findings is None: return 'not checked'
+    return 'ok' if not findings else f"{len(findings)} finding{'s' * (len(findings) > 1)}"
+
 def results_table(records:list[RunRecord]) -> pd.DataFrame:
     "One row per run and evaluation (single query, multi query, re-ranked …): metrics (%), chance level (%), time."
     import pandas as pd
@@ -66,11 +71,11 @@ def results_table(records:list[RunRecord]) -> pd.DataFrame:
                          **{f'rank-{k}': 100*m.get(f'rank{k}', nan) for k in (1, 5, 10)},
                          'mAP': 100*m.get('mAP', nan), 'mINP': 100*m.get('mINP', nan),
                          'chance rank-1': _pct(r.chance.get('rank1')), 'chance mAP': _pct(r.chance.get('mAP')),
-                         'time (s)': sum(r.timings.values())})
+                         'time (s)': sum(r.timings.values()), 'health': _health_word(r.health)})
     return pd.DataFrame(rows)
 
 # %% ../nbs/09b_report.ipynb #7a605d2b
-_RUN_COLS = ['run', 'method', 'dataset', 'backbone', 'input', 'epochs', 'time (s)']   # one value per run; the others, per evaluation
+_RUN_COLS = ['run', 'method', 'dataset', 'backbone', 'input', 'epochs', 'time (s)', 'health']   # one value per run; the others, per evaluation
 
 def _wide(table_html:str) -> str:
     "A table in a wrapper that scrolls sideways on a narrow screen instead of cutting off its last columns."
@@ -97,6 +102,19 @@ def _figures(records) -> str:
     e = html.escape
     return ''.join(f'<figure><a href="runs/{e(r.name)}/{e(f)}"><img src="runs/{e(r.name)}/{e(f)}" alt="{e(f)}" loading="lazy"></a>'
                    f'<figcaption>{e(r.name)}: {e(Path(f).stem.replace("_", " "))}</figcaption></figure>' for r in records for f in r.figures)
+
+def _health_html(records) -> str:
+    "The runs with training-health findings, each finding in words; a line saying all is well when none has any."
+    e, bad = html.escape, [r for r in records if r.health]
+    unchecked = [r.name for r in records if r.health is None]
+    head = (f"<p>{len(bad)} of {len(records)} run(s) have findings; their table rows carry † and a footnote. A finding is a "
+            "reason to distrust the run's numbers until it is explained.</p>" if bad else
+            f"<p>No findings: in all {len(records) - len(unchecked)} checked run(s) every loss term fell, no loss was NaN, no "
+            "trained group had a zero learning rate, no frozen module moved and retrieval is above chance.</p>")
+    if unchecked: head += f"<p class=\"sub\">Not checked (recorded before the checks existed): {e(', '.join(unchecked))}.</p>"
+    items = ''.join(f'<li><a href="runs/{e(r.name)}/{e(r.name)}.html">{e(r.name)}</a><ul>'
+                    + ''.join(f"<li><code>{e(f['check'])}</code> {e(f['message'])}</li>" for f in r.health) + '</ul></li>' for r in bad)
+    return head + (f'<ul class="health">{items}</ul>' if items else '')
 
 def _data_sizes(records) -> str:
     "Per dataset: the ids, images and cameras of each split, and what its gallery holds."
@@ -128,6 +146,11 @@ number should be far above.</p>
 {tables_index_html(tables)}
 <p>Ours come from the dataset and preset named on each page — SynthReID's analogs, not the papers' datasets, unless the
 preset is <code>paper</code> — each with a 95 % bootstrap interval over test queries.</p>
+<h2>Training health</h2>
+<p>After every run, <code>reid_nb.health</code> checks its history: each loss term must fall at least 10 % below its start
+(a cross-entropy over C identities starts at ln C), no loss may be NaN, no trained parameter group may have a zero learning
+rate, no frozen module may move and no trained one stand still, and retrieval must lie above chance.</p>
+{_health_html(records)}
 <h2>Runs</h2>
 {_wide(_runs_html(df, status))}
 <h2>Data</h2>{_data_sizes(records)}
@@ -142,5 +165,6 @@ def write_index(out_dir, preset:str, records:list[RunRecord], status:dict|None=N
     df, tables = results_table(records), build_tables(records, preset)
     write_table_pages(out_dir, tables)
     claims = check_claims(tables)
-    write_json_atomic(out_dir/'results.json', {'preset': preset, 'runs': df.to_dict(orient='records'), 'tables': tables, 'claims': claims})
+    write_json_atomic(out_dir/'results.json', {'preset': preset, 'runs': df.to_dict(orient='records'), 'tables': tables, 'claims': claims,
+                                               'health': {r.name: r.health for r in records}})
     return write_text_atomic(out_dir/'index.html', _index_page(preset, records, df, tables, claims, status))

@@ -21,6 +21,7 @@ from .model import BACKBONES
 from .evaluation import (evaluate_protocol, protocol_chance, protocol_name, extract_features, euclidean_distance, pool_features,
                                 plot_cmc, plot_ranked_list, describe_gallery, bootstrap_ci)
 from .reranking import re_ranking
+from .health import health_findings, health_lines
 from .distributed import process_device, init_distributed, rank_local, main_first, check_precision
 from .train import (OPTIMIZERS, SCHEDULES, reid_learner, fit_stages, ReIDEvalCallback, plot_training_curves,
                            training_history, SamplerEpoch, precision_callbacks, distributed_training)
@@ -90,6 +91,7 @@ class RunRecord:
     results:dict = field(default_factory=dict)   # every evaluation by name (single query, multi query, re-ranking …), with ci95
     recipe:dict = field(default_factory=dict)    # the method as run: options, loss terms, stages, evaluation choices, mask source
     per_query:dict = field(default_factory=dict) # evaluation name -> metric -> per-query scores (what the intervals resample)
+    health:list|None = None                      # training-health findings (reid_nb.health); None: a record from before the checks
     versions:dict = field(default_factory=lambda: dict(python=platform.python_version(), torch=torch.__version__))
 
     def save(self, out_dir) -> Path:
@@ -271,6 +273,23 @@ def _summary(self:Run) -> str:
     return '\n'.join(lines + [f"{'chance':>40}: rank-1 {fmt(self.chance, 'rank1')}  mAP {fmt(self.chance, 'mAP')}"])
 Run.summary = _summary
 
+# %% ../nbs/08b_runner.ipynb #302849f9
+@_main_only
+def _check_health(self:Run) -> list[dict]:
+    "Run `reid_nb.health`'s checks on this run's history and main evaluation; log each finding to `progress.log` and keep them."
+    terms = [dict(name=t.name, fn=getattr(t.fn, '__name__', '')) for t in self.learn.loss_func.terms]
+    self.health = health_findings(training_history(self.learn), terms, self.ds.num_train_pids, self.results[self.main], self.chance)
+    for line in health_lines(self.health): self.log(line)
+    return self.health
+Run.check_health = _check_health
+
+@_main_only
+def _health_report(self:Run) -> str:
+    "The training-health findings in words (checked now if not yet)."
+    if not hasattr(self, 'health'): self.check_health()
+    return '\n'.join(health_lines(self.health, self.cfg.name))
+Run.health_report = _health_report
+
 # %% ../nbs/08b_runner.ipynb #57323986
 def _save_figure(self:Run, fig, name:str):
     "Save `fig` beside metrics.json and remember its file name for the report."
@@ -319,7 +338,7 @@ def _record(self:Run) -> RunRecord:
                                  gallery=describe_gallery([r.pid for r in ds.gallery])),
                     metrics=self.results[self.main], chance=self.chance, results=self.results, timings=self.timings,
                     history=training_history(self.learn)['eval'], figures=self.figures, recipe=self.recipe_summary(),
-                    per_query=self.per_query)
+                    per_query=self.per_query, health=self.health if hasattr(self, 'health') else self.check_health())
     rec.save(self.out)
     return rec
 Run.record = _record
@@ -332,6 +351,7 @@ def run_experiment(cfg:ExperimentConfig, out_dir, preset:str='custom', ckpt_dir=
     if figures: run.method_figures('before')
     run.train(); run.evaluate()
     if not run.is_main: return None   # several processes: rank 0 plots and writes the record
+    run.check_health()
     if figures:
         for plot in (run.plot_training, run.plot_cmc, run.plot_ranked_list): plt.close(plot())
         run.method_figures('after')

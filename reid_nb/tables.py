@@ -19,10 +19,10 @@ from .method import MAIN, MAIN_RERANKED
 from .methods.registry import declared_rows, declared_tables
 
 # %% auto #0
-__all__ = ['TABLE_IDS', 'METRIC_LABELS', 'SEED_SEP', 'STYLESHEET', 'paper_tables', 'paper_table', 'ColumnSource', 'column_source',
-           'RowSource', 'row_sources', 'row_runs', 'runs_for_tables', 'tables_for_run', 'footnotes', 'evaluation_name',
-           'seed_name', 'table_title', 'build_tables', 'table_frame', 'table_file_name', 'table_page_html',
-           'write_table_pages', 'tables_index_html']
+__all__ = ['TABLE_IDS', 'METRIC_LABELS', 'SEED_SEP', 'HEALTH_MARK', 'STYLESHEET', 'paper_tables', 'paper_table', 'ColumnSource',
+           'column_source', 'RowSource', 'row_sources', 'row_runs', 'runs_for_tables', 'tables_for_run', 'footnotes',
+           'evaluation_name', 'seed_name', 'table_title', 'build_tables', 'table_frame', 'table_file_name',
+           'table_page_html', 'write_table_pages', 'tables_index_html']
 
 # %% ../nbs/08c_tables.ipynb #be8b7a08
 @cache
@@ -237,6 +237,19 @@ def _footnotes(table_id:str, datasets:list, preset:str, weights:str='') -> list[
                      "with the CMC averaged over 10 single-gallery-shot samplings; the paper averages all 20 splits.")
     return notes + footnotes(table_id) + [_sources_note(table_id), _standing_note(table_id, datasets, preset)] + ([weights] if weights else [])
 
+# %% ../nbs/08c_tables.ipynb #84591072
+HEALTH_MARK = '†'   # a reproduced row fed by a run with training-health findings (reid_nb.health)
+
+def _row_health(runs:dict, records:dict) -> dict:
+    "Run → its training-health findings (messages), for the runs feeding a row that have any."
+    return {run: [f['message'] for f in records[run].health] for run in dict.fromkeys(runs.values()) if records[run].health}
+
+def _health_notes(rows:list) -> list[str]:
+    "One footnote per reproduced row fed by a run with training-health findings."
+    return [f"{HEALTH_MARK} {r['row']}: fed by run(s) with training-health findings (reid_nb.health), so the row may not measure "
+            "the method as its paper trains it — " + '; '.join(f"{run}: {', '.join(msgs)}" for run, msgs in r['health'].items())
+            for r in rows if r.get('health')]
+
 # %% ../nbs/08c_tables.ipynb #b3b66194
 def build_tables(records, preset:str, table_ids=None) -> dict:
     "The papers' tables (all, or `table_ids`) with our numbers from `records` (RunRecords of `preset`) beside theirs."
@@ -254,11 +267,12 @@ def build_tables(records, preset:str, table_ids=None) -> dict:
             if row['ours']:
                 measured, ci95, runs, datasets = _measure(tid, name, by_name)
                 row.update(measured=measured, ci95=ci95, runs=runs, run=next(iter(runs.values()), None),
-                           dataset=', '.join(datasets) or None, seeds=_seed_spread(tid, name, by_name))
+                           dataset=', '.join(datasets) or None, seeds=_seed_spread(tid, name, by_name),
+                           health=_row_health(runs, by_name))
                 all_datasets += datasets; starts += [by_name[r].config.get('pretrained') for r in runs.values()]
             rows.append(row)
         tables[tid] = dict(title=table_title(tid), columns=t['columns'], rows=rows,
-                           footnotes=_footnotes(tid, list(dict.fromkeys(all_datasets)), preset, weights_note(starts)))
+                           footnotes=_footnotes(tid, list(dict.fromkeys(all_datasets)), preset, weights_note(starts)) + _health_notes(rows))
     return tables
 
 # %% ../nbs/08c_tables.ipynb #2281afd3
@@ -298,16 +312,16 @@ def table_frame(table:dict) -> pd.DataFrame:
     "A built table for display: the paper's numbers per row, and ours (with 95 % intervals) under each reproduced row."
     cols, lines, index, tid = table['columns'], [], [], _table_id(table)
     for r in table['rows']:
-        index.append((r['row'], 'paper' if r['ours'] else 'paper (quoted)'))
+        index.append((r['row'] + (f' {HEALTH_MARK}' if r.get('health') else ''), 'paper' if r['ours'] else 'paper (quoted)'))
         lines.append([_printed(tid, r['row'], c, r['paper'][c]) for c in cols] + [''])
         if r['ours']:
-            index.append((r['row'], 'ours'))
+            index.append((index[-1][0], 'ours'))
             lines.append([_ours_cell(r, c) for c in cols] + [r['run'] or 'not run in this preset'])
     return pd.DataFrame(lines, index=pd.MultiIndex.from_tuples(index, names=['row', 'numbers']), columns=cols + ['run'])
 
 # %% ../nbs/08c_tables.ipynb #559ba66f
 STYLESHEET = """body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:84rem;color:#222;padding:0 1rem}
-h1{margin:0 0 .3rem;font-size:1.45rem} .sub{color:#444;margin:.15rem 0} .sub b{color:#111} code{background:#f5f5f5;padding:0 .2rem}
+.health{color:#b00;font-weight:600;margin-left:.25rem} h1{margin:0 0 .3rem;font-size:1.45rem} .sub{color:#444;margin:.15rem 0} .sub b{color:#111} code{background:#f5f5f5;padding:0 .2rem}
 .wide{overflow-x:auto;max-width:100%} table{border-collapse:collapse;margin:1rem 0;font-size:.88rem}
 th,td{border:1px solid #d4d4d4;padding:.28rem .5rem;text-align:right;vertical-align:top} th{background:#f1f1f1;font-weight:600}
 table.dataframe td:nth-child(-n+2),table.dataframe th:nth-child(-n+2){text-align:left}
@@ -367,6 +381,7 @@ def table_page_html(table_id:str, table:dict) -> str:
     body = []
     for r in table['rows']:
         name = f'<span class="method">{e(r["row"])}</span>' if r['row'] in own else e(r['row'])
+        if r.get('health'): name += f'<span class="health" title="trained with health findings: see the notes">{HEALTH_MARK}</span>'
         paper_cells = ''.join(f'<td>{e(_printed(table_id, r["row"], c, r["paper"][c]))}</td>' for c in cols)
         if not r['ours']:
             body.append(f'<tr class="quoted"><th class="row">{name}<span class="badge quoted">quoted</span></th>'

@@ -33,8 +33,8 @@ __all__ = ['RESUME_MAY_CHANGE', 'OPTIMIZERS', 'SCHEDULES', 'toy_reid_images', 't
            'LossPartsRecorder', 'ReIDEvalCallback', 'SamplerEpoch', 'training_history', 'save_checkpoint',
            'check_resume_config', 'load_checkpoint', 'ReIDCheckpointCallback', 'named_param_groups', 'reid_splitter',
            'default_lr_mults', 'group_lrs', 'reid_learner', 'warmup_step_schedule', 'fit_reid', 'plot_training_curves',
-           'resolve_modules', 'frozen_modules', 'FrozenModules', 'fit_stages', 'GlobalBatch', 'ReIDMixedPrecision',
-           'precision_callbacks', 'distributed_training']
+           'TrainingProbe', 'plot_probe', 'resolve_modules', 'frozen_modules', 'FrozenModules', 'ModuleMoves',
+           'fit_stages', 'GlobalBatch', 'ReIDMixedPrecision', 'precision_callbacks', 'distributed_training']
 
 # %% ../nbs/07_train.ipynb #5ce17394
 def toy_reid_images(n_ids:int=16, n_imgs:int=8, n_cams:int=2, size:tuple=(64, 32), colour_jitter:float=1.5,
@@ -80,9 +80,13 @@ class SkipValidationCallback(Callback):
 
 # %% ../nbs/07_train.ipynb #e87c6ca0
 class LossPartsRecorder(Callback):
-    "Record per training batch: epoch position, loss, new-layer lr and each of `loss_func.parts`."
+    "Record per training batch: epoch position, loss, new-layer lr, each group's lr (`lr/<group>`) and each of `loss_func.parts`."
     order, name = 51, 'loss_parts'
     def __init__(self): self.history = {'epoch': [], 'loss': [], 'lr': []}
+    def before_fit(self):
+        names = list(self.learn.__dict__.get('group_names') or ())   # set by reid_learner and per stage by fit_stages
+        n = len(self.opt.hypers) if self.opt is not None else len(names)
+        self._groups = names if len(names) == n else [str(i) for i in range(n)]
 
     def after_batch(self):
         if not self.training or not len(self.yb): return
@@ -90,8 +94,9 @@ class LossPartsRecorder(Callback):
         h['epoch'].append(getattr(self.learn, 'epoch_offset', 0) + self.epoch + (self.iter + 1) / self.n_iter)
         h['loss'].append(float(self.learn.loss.detach()))
         h['lr'].append(float(self.opt.hypers[-1]['lr']))
-        for k, v in getattr(self.learn.loss_func, 'parts', {}).items():
-            h.setdefault(k, [math.nan] * n).append(float(v))
+        now = {f'lr/{g}': float(hp['lr']) for g, hp in zip(getattr(self, '_groups', ()), self.opt.hypers)}
+        for k, v in {**now, **{k: float(v) for k, v in getattr(self.learn.loss_func, 'parts', {}).items()}}.items():
+            h.setdefault(k, [math.nan] * n).append(v)
         for k in h:
             if len(h[k]) == n: h[k].append(math.nan)  # a part missing this batch
 
@@ -154,7 +159,7 @@ def training_history(learn:Learner) -> dict:
     "The learner's histories as plain data: per-batch `batches` columns and per-evaluation `eval` rows."
     lp, ev = getattr(learn, 'loss_parts', None), getattr(learn, 'reid_eval', None)
     return {'batches': {k: list(v) for k, v in lp.history.items()} if lp else {},
-            'eval': [dict(r) for r in ev.history] if ev else []}
+            'eval': [dict(r) for r in ev.history] if ev else [], 'moves': [dict(m) for m in learn.__dict__.get('module_moves', [])]}
 
 def save_checkpoint(learn:Learner, ckpt_dir, epoch:int, keep:int=1) -> Path|None:
     "Atomically save model + optimizer of `learn` after `epoch` (0-based) into `ckpt_dir`; keep the newest `keep`."
@@ -198,6 +203,7 @@ def load_checkpoint(learn:Learner, ckpt_dir) -> dict|None:
     hist = state.get('history', {})
     if hasattr(learn, 'loss_parts') and hist.get('batches'): learn.loss_parts.history = hist['batches']
     if hasattr(learn, 'reid_eval'): learn.reid_eval.history = hist.get('eval', [])
+    learn.module_moves = list(hist.get('moves', []))
     return state
 
 # %% ../nbs/07_train.ipynb #4281d357
@@ -270,7 +276,7 @@ def reid_learner(dls:DataLoaders, model:nn.Module, cfg, cbs=None, loss_func=None
                     lr=lr, splitter=reid_splitter, wd=cfg.weight_decay, path=path,
                     cbs=[SkipValidationCallback(), LossPartsRecorder()] + list(L(cbs)))
     learn.recorder.valid_metrics = False
-    learn.reid_cfg = cfg
+    learn.reid_cfg, learn.group_names = cfg, list(named_param_groups(model))
     return learn
 
 # %% ../nbs/07_train.ipynb #4145c9e1
@@ -341,17 +347,58 @@ def plot_training_curves(learn_or_history, beta:float=0.9, title:str|None=None):
     b, ev = h.get('batches', {}), h.get('eval', [])
     fig, axs = plt.subplots(1, 3, figsize=(14, 3.4))
     ep = b.get('epoch', [])
-    for i, k in enumerate(k for k in b if k not in ('epoch', 'lr')):
+    for i, k in enumerate(k for k in b if k != 'epoch' and not k.startswith('lr')):
         axs[0].plot(ep, b[k], color=f'C{i}', alpha=0.25, lw=0.8)
         axs[0].plot(ep, _ema(b[k], beta), color=f'C{i}', lw=2, label=k)
     axs[0].set(xlabel='epoch', ylabel='loss', title='training loss'); axs[0].legend()
-    axs[1].plot(ep, b.get('lr', []), color='C3'); axs[1].set(xlabel='epoch', ylabel='lr (new layers)', title='learning rate')
+    groups = [k for k in b if k.startswith('lr/')] or ['lr']
+    for i, k in enumerate(groups): axs[1].plot(ep, b[k], color=f'C{i+3}', label=k.removeprefix('lr/'))
+    axs[1].set(xlabel='epoch', ylabel='learning rate', title='learning rate per parameter group')
+    if len(groups) > 1: axs[1].legend()
     if ev:
         e = [r['epoch'] + 1 for r in ev]
         for k, m in (('rank1', 'o-'), ('mAP', 's-')):
             if all(k in r for r in ev): axs[2].plot(e, [r[k] for r in ev], m, label=k)  # CUHK03 classic has no mAP
         axs[2].set_ylim(0, 1); axs[2].legend()
     axs[2].set(xlabel='epochs trained', title='query vs gallery')
+    if title: fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+# %% ../nbs/07_train.ipynb #0b0423ad
+class TrainingProbe(Callback):
+    "Per training batch: gradient norm per parameter group (`grad/<group>`), mean L2 norm of each feature (`feat/<name>`) and logits vector (`logit/<name>`)."
+    order, name = 52, 'probe'
+    def __init__(self): self.history = {}
+
+    def before_fit(self): self.groups = named_param_groups(self.learn.model)
+
+    def after_backward(self):
+        if not self.training: return
+        row, out = {}, self.learn.pred
+        for g, ps in self.groups.items():
+            grads = [p.grad.detach().float().pow(2).sum() for p in ps if p.grad is not None]
+            row[f'grad/{g}'] = float(torch.stack(grads).sum().sqrt()) if grads else 0.
+        for kind in ('feats', 'logits'):
+            for k, v in (getattr(out, kind, None) or {}).items():
+                if torch.is_tensor(v) and v.ndim == 2: row[f'{kind[:-1]}/{k}'] = float(v.detach().float().norm(dim=1).mean())
+        n = len(next(iter(self.history.values()), []))
+        for k, v in row.items(): self.history.setdefault(k, [math.nan] * n).append(v)
+        for k in self.history:
+            if len(self.history[k]) == n: self.history[k].append(math.nan)
+
+def plot_probe(histories:dict, keys=('grad', 'feat', 'logit'), title:str|None=None):
+    "One panel per kind of probe column (`keys`), one line style per run of `histories` {label: TrainingProbe.history}, log scale."
+    fig, axs = plt.subplots(1, len(keys), figsize=(4.6 * len(keys), 3.3), squeeze=False)
+    for ax, kind in zip(axs[0], keys):
+        for j, (label, h) in enumerate(histories.items()):
+            cols = [k for k in h if k.split('/')[0] == kind]
+            for i, k in enumerate(cols):
+                ax.plot(_ema(h[k], 0.8), color=f'C{i}', ls=('-', '--', ':', '-.')[j % 4], lw=1.4,
+                        label=f"{k.split('/', 1)[1]} · {label}")
+        ax.set(yscale='log', xlabel='training batch', title={'grad': 'gradient norm per group', 'feat': 'feature norm',
+                                                              'logit': 'logits norm'}.get(kind, kind))
+        ax.legend(fontsize=6)
     if title: fig.suptitle(title)
     fig.tight_layout()
     return fig
@@ -383,6 +430,38 @@ class FrozenModules(Callback):
     def before_train(self):
         for m in self.modules: m.eval()
 
+def _flat(tensors) -> torch.Tensor:
+    ts = [t.detach().float().reshape(-1) for t in tensors]
+    return torch.cat(ts) if ts else torch.zeros(0)
+
+class ModuleMoves(Callback):
+    """Record how far each top-level module (and each module the stage freezes) moved in this fit, into `learn.module_moves`:
+    the relative change ‖θ₁ − θ₀‖ / ‖θ₀‖ of its trained parameters, or of all parameters and buffers of a frozen one."""
+    order, name = 65, 'moves_recorder'   # after the last epoch's evaluation, before its checkpoint (70) is written: a resumed run keeps it
+    def __init__(self, stage:str|None, frozen:dict): self.stage, self.frozen = stage, dict(frozen)
+
+    def _watched(self) -> dict:
+        m = get_model(self.learn.model)
+        return {**dict(m.named_children()), **self.frozen}
+
+    def _tensors(self, name:str, mod:nn.Module) -> list:
+        if name in self.frozen: return list(mod.parameters()) + [b for b in mod.buffers() if b.is_floating_point()]
+        return [p for p in mod.parameters() if p.requires_grad]
+
+    def before_fit(self):
+        self.start = {n: _flat(self._tensors(n, mod)).clone() for n, mod in self._watched().items()}
+        self._done = False
+
+    def after_epoch(self):
+        if self._done or self.epoch != self.n_epoch - 1 or not hasattr(self, 'start'): return
+        self._done, moves = True, self.learn.__dict__.setdefault('module_moves', [])
+        for n, mod in self._watched().items():
+            t0, t1 = self.start[n], _flat(self._tensors(n, mod))
+            if not t0.numel(): continue   # nothing trained (or nothing at all) in this module
+            change = float((t1.to(t0.device) - t0).norm() / t0.norm().clamp_min(1e-12))
+            moves.append(dict(stage=self.stage, module=n, frozen=n in self.frozen, change=change, trained_params=int(t0.numel())))
+
+
 # %% ../nbs/07_train.ipynb #7411e286
 def fit_stages(learn:Learner, cfg, stages, ckpt_dir=None, resume:bool=True, every:int=1, keep:int=1) -> Learner:
     "Train `learn` through `stages` in order, each its own fit; checkpoint into / resume from `ckpt_dir/<stage name>`."
@@ -400,14 +479,16 @@ def fit_stages(learn:Learner, cfg, stages, ckpt_dir=None, resume:bool=True, ever
             for m in fr.values(): m.requires_grad_(False)
             learn.opt, learn.opt_func = None, OPTIMIZERS[check_choice(f'optimizer of stage {st.name!r}', st.opt or cfg.opt, OPTIMIZERS)]
             learn.lr = group_lrs(model, st.lr or cfg.lr, {**default_lr_mults(model, cfg), **st.lr_mults})
+            learn.group_names = list(named_param_groups(model))   # this stage's trainable groups (its lr/<group> columns)
             learn.epoch_offset, learn.stage_name = offset, (st.name if len(stages) > 1 else None)
             n_epoch = st.epochs or cfg.epochs
-            cb = FrozenModules(fr.values()); learn.add_cb(cb)
+            cb, moves = FrozenModules(fr.values()), ModuleMoves(st.name, fr)
+            learn.add_cbs([cb, moves])
             try:
                 fit_reid(learn, cfg, epochs=n_epoch, ckpt_dir=None if ckpt_dir is None else Path(ckpt_dir)/st.name,
                          resume=resume, schedule=st.schedule or cfg.schedule, every=every, keep=keep,
                          **st.schedule_kwargs)
-            finally: learn.remove_cb(cb)
+            finally: learn.remove_cbs([cb, moves])
             offset += n_epoch
     finally:
         for p in model.parameters(): p.requires_grad_(own[id(p)])

@@ -51,7 +51,7 @@ def test_loss_decreases_in_20_steps():
     loss = learn.loss_parts.history['loss']
     assert len(loss) == 20
     assert np.mean(loss[-5:]) < 0.85 * np.mean(loss[:5]), loss
-    assert set(learn.loss_parts.history) == {'epoch', 'loss', 'lr', 'ce', 'triplet'}
+    assert set(learn.loss_parts.history) == {'epoch', 'loss', 'lr', 'lr/backbone', 'lr/new', 'ce', 'triplet'}
     assert learn.loss_parts.history['epoch'][-1] == pytest.approx(5.0)
 
 

@@ -25,7 +25,7 @@ from ..method import Method, in_range, one_of, mask_source_name, resolve_mask_so
 from ..method import method_runs
 
 # %% auto #0
-__all__ = ['VARIANTS', 'RUN_STEMS', 'TABLE1_ROWS', 'PAPER_RECIPE', 'QUICK_RECIPE', 'SMOKE_RECIPE', 'SMALL_DIMS', 'MMGA',
+__all__ = ['VARIANTS', 'NECKS', 'RUN_STEMS', 'TABLE1_ROWS', 'PAPER_RECIPE', 'QUICK_RECIPE', 'SMOKE_RECIPE', 'SMALL_DIMS', 'MMGA',
            'attention_size', 'mmga_shapes', 'ChannelAttention', 'SpatialAttention', 'AttentionModule', 'Variant',
            'MMGANet', 'normalize_attention', 'attention_loss', 'part_groups', 'grouped_part_masks',
            'no_person_as_empty', 'target_masks', 'mmga_targets', 'mmga_terms', 'MMGAOptions', 'mask_kind',
@@ -110,9 +110,12 @@ def _stage_channels(layer:nn.Module) -> int:
     return getattr(blk, 'bn3', blk.bn2).num_features
 
 # %% ../../nbs/11_methods.mmga.ipynb #70ba3efd
+NECKS = ('bn', 'none')   # after each reduction: BatchNorm1d (ours, as PCB and MGN reduce) or nothing (the paper's words)
+
 class MMGANet(nn.Module):
     "ResNet trunk with MMGA's two attention modules and whole / upper / bottom heads; eval mode returns the L2-normalised concat."
-    def __init__(self, backbone:nn.Sequential, n_classes:int, variant:str='mmga', dims=(1024, 512, 512), s:int=8, r:int=8):
+    def __init__(self, backbone:nn.Sequential, n_classes:int, variant:str='mmga', dims=(1024, 512, 512), s:int=8, r:int=8,
+                 neck:str='bn'):
         super().__init__()
         self.variant = check_choice('MMGA variant', variant, VARIANTS)
         v = VARIANTS[variant]
@@ -123,6 +126,8 @@ class MMGANet(nn.Module):
             self.att1 = AttentionModule(c2, c3, s, r)
             self.att2 = nn.ModuleDict({b: AttentionModule(c3, c4, s, r) for b in v.branches})
         self.reduce = nn.ModuleDict({b: nn.Linear(c4, dims[b]) for b in v.branches})
+        self.neck = check_choice('MMGA neck', neck, NECKS)
+        if neck == 'bn': self.bn = nn.ModuleDict({b: nn.BatchNorm1d(dims[b]) for b in v.branches})   # (ours): see "The reduction"
         self.classifier_whole = nn.Linear(dims['whole'], n_classes, bias=False)   # Eq. 6: W^T f, no bias
         if 'upper' in v.branches: self.classifier_local = nn.Linear(dims['upper'] + dims['bottom'], n_classes, bias=False)
         for m in (self.classifier_whole, getattr(self, 'classifier_local', None)):
@@ -150,7 +155,8 @@ class MMGANet(nn.Module):
                     raise ValueError(f"MMGA's second attention module has layer3's size {tuple(a2.shape[-2:])} but layer4's output is "
                                      f"{tuple(x4.shape[-2:])}: MMGA needs the backbone's last stride 1 (last_stride=1).")
                 y = x4 * a2
-            feats[b] = self.reduce[b](y.mean((2, 3)))                       # GAP → linear
+            f = self.reduce[b](y.mean((2, 3)))                              # GAP → linear
+            feats[b] = self.bn[b](f) if self.neck == 'bn' else f            # → BatchNorm (ours, neck='bn')
         return feats, {k: v[:, 0] for k, v in maps.items()}
 
     def forward(self, x:torch.Tensor):
@@ -260,6 +266,7 @@ class MMGAOptions:
     s:int = 8                       # spatial attention reduction
     r:int = 8                       # channel attention reduction
     dims:tuple = (1024, 512, 512)   # whole / upper / bottom feature sizes
+    neck:str = 'bn'                 # after each reduction: 'bn' (ours: BatchNorm1d, as PCB and MGN reduce) or 'none' (the paper's words)
     masks:str = 'auto'              # targets from 'parts' (part maps) or 'mask' (cut at the hip line); 'auto': parts where the source has them
     middle_of:str = 'image'         # DMGA: cut at the middle row of the 'image' or of the 'mask'
     epoch:str = 'identities'        # an epoch is one pass over the training 'identities' (MGN-style) or over the 'images'
@@ -274,7 +281,7 @@ class MMGAOptions:
         for n in ('lambda0', 'lambda1', 'lambda2'): p += in_range(n, getattr(self, n), 0)
         p += in_range('s', self.s, 1) + in_range('r', self.r, 1) + in_range('lr_gamma', self.lr_gamma, 0, 1)
         p += one_of('masks', self.masks, ('auto', 'parts', 'mask')) + one_of('middle_of', self.middle_of, ('image', 'mask'))
-        p += one_of('epoch', self.epoch, ('identities', 'images'))
+        p += one_of('epoch', self.epoch, ('identities', 'images')) + one_of('neck', self.neck, NECKS)
         if self.lr_step is not None: p += in_range('lr_step', self.lr_step, 1)
         if len(tuple(self.dims)) != 3 or not all(isinstance(d, int) and d >= 1 for d in self.dims):
             p.append(f"dims must be three positive integer feature sizes (whole, upper, bottom); got {self.dims!r}.")
@@ -329,7 +336,7 @@ def build_mmga(cfg, o, n_classes:int) -> MMGANet:
         raise ValueError(f"MMGA's second attention module multiplies layer4's output with maps of layer3's size, so it needs the "
                          f"backbone's last stride 1; got last_stride={cfg.last_stride}. Set last_stride=1 (the paper's choice).")
     trunk, _ = backbone_from_config(cfg)
-    return MMGANet(trunk, n_classes, o.variant, tuple(o.dims), o.s, o.r)
+    return MMGANet(trunk, n_classes, o.variant, tuple(o.dims), o.s, o.r, o.neck)
 
 RUN_STEMS = {'baseline': 'mmga-baseline', 'att': 'mmga-att', 'wmga': 'mmga-wmga', 'dmga': 'mmga-dmga', 'mmga': 'mmga'}
 TABLE1_ROWS = {'baseline': 'Baseline', 'att': 'Baseline+Att', 'wmga': 'WMGA', 'dmga': 'DMGA', 'mmga': 'MMGA'}   # the rows they feed

@@ -1,0 +1,96 @@
+"""Training health: every method's loss terms are alive, and the checks flag a run that cannot learn.
+
+- Per method (the baseline, MMGA's full model and its unsupervised Baseline+Att, MGRAN, FMN): every stage of the
+  method trains N steps on one fixed smoke batch; each loss term the stage computes must fall by the health check's
+  margin (a term that is detached, unweighted or unreachable stays where it started and fails the test).
+- A deliberately broken run (learning rate 0 for the new layers, classifier included) is flagged by the checks:
+  the zero learning rate, the cross-entropy that did not fall and the modules that did not move, each named.
+"""
+import warnings
+from dataclasses import replace
+import pytest
+import torch
+from reid_nb.core import get_preset, Stage, seed_everything
+from reid_nb.health import loss_findings, health_findings, LOSS_MARGIN
+from reid_nb.methods.registry import run_overrides
+from reid_nb.runner import Run
+from reid_nb.train import fit_stages, training_history
+
+STEPS = 30   # steps per stage on one fixed batch
+
+
+class _OneBatch:
+    "A train loader serving one fixed batch `n` times (what fastai's loop needs of a loader: iteration and a length)."
+    def __init__(self, b, n): self.b, self.n = b, n
+    def __iter__(self): return iter([self.b] * self.n)
+    def __len__(self): return self.n
+
+
+def _built_run(name, tmp_path, **over):
+    "The smoke-preset run `name` with data, loaders, model, loss and learner built (nothing trained)."
+    o = run_overrides(name, 'smoke'); o.pop('name')
+    cfg = get_preset('smoke', **{**o, **over, 'name': name, 'pretrained': False})
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        run = Run(cfg, tmp_path/name, progress=False)
+        run.load_data(); run.build()
+    return run
+
+
+def _fit_one_batch(run, stages):
+    "Train `run` through `stages` (each STEPS steps) on one fixed batch of its training loader; its history."
+    seed_everything(0)
+    learn = run.learn
+    learn.dls.loaders[0] = _OneBatch(learn.dls.train.one_batch(), STEPS)
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        fit_stages(learn, run.cfg, stages)
+    return training_history(learn)
+
+
+def _terms_by_stage(history):
+    "Per stage (by the order the history records them), the per-batch values of each loss term computed there."
+    b = history['batches']
+    terms = [k for k in b if k not in ('epoch', 'loss') and not k.startswith('lr')]
+    return {t: [v for v in b[t] if v == v] for t in terms}
+
+
+@pytest.mark.parametrize('name, over', [
+    ('baseline', {}),
+    ('mmga-market', {}),                                                  # CE whole + CE local + triplet + four mask losses
+    ('mmga-att-market', dict(method_options=dict(variant='att', dims=[256, 128, 128], lr_step=None))),  # attention, no masks
+    ('mgran-market', {}),
+    ('fmn-market', {}),
+])
+def test_every_loss_term_of_every_method_falls(name, over, tmp_path):
+    run = _built_run(name, tmp_path, **over)
+    stages = [replace(s, epochs=1) for s in run.stages]
+    hist = _fit_one_batch(run, stages)
+    terms = _terms_by_stage(hist)
+    assert terms, f'{name}: no loss term was recorded'
+    found = loss_findings({'epoch': hist['batches']['epoch'], **terms})
+    assert not found, f'{name}: loss terms that did not fall in {STEPS} steps per stage on one batch:\n' + \
+        '\n'.join(f['message'] for f in found)
+    # every term of the method's loss was computed in some stage
+    assert set(t.name for t in run.learn.loss_func.terms) <= set(terms) | set(getattr(run, 'stage_terms', ()))
+
+
+def test_health_flags_a_run_whose_new_layers_cannot_learn(tmp_path):
+    run = _built_run('baseline', tmp_path)
+    broken = [Stage('train', epochs=1, lr_mults={'new': 0.0})]
+    hist = _fit_one_batch(run, broken)
+    found = health_findings(hist, [dict(name='ce', fn='cross_entropy')], run.ds.num_train_pids)
+    checks = {(f['check'], f['subject']) for f in found}
+    assert ('zero_lr', 'new') in checks, found
+    assert ('did_not_fall', 'ce') in checks, found
+    assert {('did_not_move', m) for m in ('embedding', 'classifier')} <= checks, found
+    assert ('did_not_move', 'backbone') not in checks                # the backbone still trains
+    msg = next(f['message'] for f in found if f['subject'] == 'ce')
+    assert 'ln C' in msg and f'{100*LOSS_MARGIN:.0f} % required' in msg
+
+
+def test_health_passes_the_same_run_with_its_learning_rates(tmp_path):
+    run = _built_run('baseline', tmp_path)
+    hist = _fit_one_batch(run, [Stage('train', epochs=1)])
+    found = health_findings(hist, [dict(name='ce', fn='cross_entropy')], run.ds.num_train_pids)
+    assert not found, [f['message'] for f in found]
