@@ -322,7 +322,7 @@ def _fmn_runs(stem:str, tags, masked_layer:str, rows:dict, **extra) -> dict:
                        weight_decay=5e-4, random_erasing=0.0, method_options={**layer, **drops}, **extra,
                        per_preset={'paper': dict(lr=0.1, height=224, width=224, P=16, K=4, epochs=75,
                                                  method_options={**layer, 'grn_epochs': 30, 'lan_epochs': 45}),
-                                   'quick': dict(height=64, width=32, epochs=sum(_QUICK.values()), opt='adam', lr=3e-3,
+                                   'quick': dict(height=128, width=64, epochs=sum(_QUICK.values()), opt='adam', lr=3e-3,
                                                  method_options={**layer, **drops, **_QUICK}),
                                    'cpu': dict(epochs=sum(_CPU.values()), method_options={**layer, **drops, **_CPU}),
                                    'smoke': dict(height=64, width=32, epochs=4, method_options={**layer, **drops, **_SMOKE})})

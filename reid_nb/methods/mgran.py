@@ -284,7 +284,7 @@ def mgran_figures(run, when:str='before', n:int=4) -> list[str]:
 PAPER_RECIPE = dict(backbone='resnet50', pretrained=True, last_stride=1, height=256, width=128, P=16, K=3, epochs=120, lr=3.5e-4,
                     backbone_lr_mult=1.0, opt='adam', schedule='warmup_step', weight_decay=5e-4, random_erasing=0.5,
                     mask_source='torchvision')   # real data has no ground-truth masks: the paper's Mask R-CNN (R50-FPN, COCO) + Keypoint R-CNN
-QUICK_RECIPE = dict(height=64, width=32, last_stride=2, P=8, K=3, epochs=4)
+QUICK_RECIPE = dict(height=64, width=32, last_stride=2, P=8, K=3, epochs=4, backbone_lr_mult=0.1)   # Adam 3e-4 everywhere (ours)
 SMOKE_RECIPE = dict(height=64, width=32, last_stride=2, P=4, K=3, epochs=2)
 
 NOT_SMOKE = tuple(p for p in PRESETS if p != 'smoke')  # smoke runs MGRAN once (on the Market analog): the path, not the tables
