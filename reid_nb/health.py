@@ -55,7 +55,7 @@ def loss_findings(batches:dict, expected:dict|None=None, margin:float=LOSS_MARGI
         exp = expected.get(name)
         where = f", expected start ln C = {exp:.2f}" if exp is not None else ''
         out.append(finding('did_not_fall', name,
-            f"loss term {name!r} did not fall: start {start:.3f}{where}; lowest smoothed value {low:.3f} ({100*fall:.1f} % below "
+            f"loss term {name!r} did not fall: start {start:.3f}{where}; lowest smoothed value {low:.3f} ({math.floor(1000*fall)/10:.1f} % below "
             f"the start, {100*margin:.0f} % required); last {float(xs[-1]):.3f} over {len(xs)} batches",
             start=start, expected_start=exp, lowest=low, last=float(xs[-1]), fall=fall, batches=len(xs)))
     return out

@@ -41,6 +41,7 @@ def _fit_one_batch(run, stages):
     "Train `run` through `stages` (each STEPS steps) on one fixed batch of its training loader; its history."
     seed_everything(0)
     learn = run.learn
+    learn.remove_cb(run.eval_cb)                     # no evaluation between stages: the loss terms are the point
     learn.dls.loaders[0] = _OneBatch(learn.dls.train.one_batch(), STEPS)
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
@@ -72,7 +73,7 @@ def test_every_loss_term_of_every_method_falls(name, over, tmp_path):
     assert not found, f'{name}: loss terms that did not fall in {STEPS} steps per stage on one batch:\n' + \
         '\n'.join(f['message'] for f in found)
     # every term of the method's loss was computed in some stage
-    assert set(t.name for t in run.learn.loss_func.terms) <= set(terms) | set(getattr(run, 'stage_terms', ()))
+    assert set(t.name for t in run.learn.loss_func.terms) <= set(terms), (sorted(terms), run.learn.loss_func)
 
 
 def test_health_flags_a_run_whose_new_layers_cannot_learn(tmp_path):
@@ -94,3 +95,34 @@ def test_health_passes_the_same_run_with_its_learning_rates(tmp_path):
     hist = _fit_one_batch(run, [Stage('train', epochs=1)])
     found = health_findings(hist, [dict(name='ce', fn='cross_entropy')], run.ds.num_train_pids)
     assert not found, [f['message'] for f in found]
+
+
+# ------------------------------------------------------------------ where the findings reach a reader (the shared smoke reproduction)
+def test_findings_reach_the_log_the_record_results_json_the_index_and_the_tables(smoke_reproduction):
+    import json, html
+    out = smoke_reproduction.out
+    results = json.loads((out/'results.json').read_text())
+    runs = sorted({r['run'] for r in results['runs']})
+    assert sorted(results['health']) == runs                               # every run was checked
+    index = (out/'index.html').read_text()
+    assert '<h2>Training health</h2>' in index
+    for name in runs:
+        rec = json.loads((out/'runs'/name/'metrics.json').read_text())
+        assert rec['health'] == results['health'][name]                     # the record and results.json agree
+        log = (out/'runs'/name/'progress.log').read_text() if (out/'runs'/name/'progress.log').exists() else None
+        page = (out/'runs'/name/f'{name}.html').read_text()
+        assert 'training health' in page, name                              # the run page prints the checks
+        for f in rec['health']:
+            assert f['check'] in ('did_not_fall', 'not_finite', 'zero_lr', 'frozen_moved', 'did_not_move', 'at_chance')
+            assert html.escape(f['message']) in index, (name, f['message'])  # the index lists each finding
+            if log is not None: assert f['message'] in log
+        health_col = {r['health'] for r in results['runs'] if r['run'] == name}
+        assert health_col == {'ok' if not rec['health'] else f"{len(rec['health'])} finding{'s' * (len(rec['health']) > 1)}"}
+    for tid, tab in results['tables'].items():                             # a row fed by a run with findings: † and a footnote
+        for r in tab['rows']:
+            fed = set((r.get('runs') or {}).values())
+            bad = {n for n in fed if results['health'].get(n)}
+            assert set(r.get('health') or {}) == bad, (tid, r['row'])
+            if bad:
+                assert any(n.startswith(f"† {r['row']}:") and all(b in n for b in bad) for n in tab['footnotes']), (tid, r['row'])
+                assert '<span class="health"' in (out/'tables'/f"{tid.replace('/', '_')}.html").read_text()

@@ -2,8 +2,8 @@
 
 Each run takes the `paper` preset's configuration of its method — ResNet-50, the paper's input size, optimiser,
 learning rates per group, schedule and loss weights — with random weights (no ImageNet download here) and the
-SynthReID Market analog of the quick preset in place of Market-1501; P × K is shrunk to `--P` × `--K` for the CPU
-(stated in the output). Every stage of the method trains `--steps` batches; `reid_nb.train.TrainingProbe` records
+SynthReID Market analog of the quick preset in place of Market-1501, with its ground-truth masks in place of Mask
+R-CNN's (no detector weights here); P × K is shrunk to `--P` × `--K` for the CPU (stated in the output). Every stage of the method trains `--steps` batches; `reid_nb.train.TrainingProbe` records
 gradient, feature and logits norms. Writes the loss terms per step, the probe and the timings to a JSON asset. Usage:
   python tests/benchmarks/paper_steps.py --out nbs/assets/paper_steps.json [--steps 12] [--P 4 --K 4]"""
 import argparse, itertools, time, warnings
@@ -29,7 +29,7 @@ def paper_steps(label:str, steps:int, P:int, K:int) -> dict:
     o.update(DATASET_TAGS['market'][1])                      # the quick Market analog instead of Market-1501
     o['method_options'] = {**o.get('method_options', {}), **opts}
     cfg = get_preset('paper', **{**o, 'synth_size': 'quick', 'pretrained': False, 'P': P, 'K': K, 'num_workers': 0,
-                                 'name': f'{name}-paper-steps'})
+                                 'mask_source': 'auto', 'name': f'{name}-paper-steps'})   # the analog's ground-truth masks: no Mask R-CNN weights here
     t0 = time.time()
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')

@@ -8,7 +8,7 @@ import argparse, json
 from pathlib import Path
 from reid_nb.core import write_json_atomic
 from reid_nb.tables import TABLE_IDS
-from reid_nb.claims import claims, check_claims
+from reid_nb.claims import claims as declared_claims, check_claims
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
@@ -20,11 +20,12 @@ def main(argv=None):
     bad = [t for t in ids if t not in TABLE_IDS or t not in res['tables']]
     if bad: ap.error(f"tables {bad} are not in {a.results}; valid ids: {', '.join(TABLE_IDS)}")
     tables = {t: res['tables'][t] for t in ids}
-    claims = {c: v for c, v in check_claims(res['tables']).items() if any(t in ids for t in claims()[c][0])}
+    claims = {c: v for c, v in check_claims(res['tables']).items() if any(t in ids for t in declared_claims()[c][0])}
     runs = sorted({n for t in tables.values() for r in t['rows'] if r['ours'] for n in (r['runs'] or {}).values()})
     seconds = {r['run']: r['time (s)'] for r in res['runs'] if r['run'] in runs}
+    health = {n: h for n, h in (res.get('health') or {}).items() if n in runs}
     write_json_atomic(a.out, dict(source=str(Path(a.results).name), preset=res['preset'], tables=tables, claims=claims, note=a.note,
-                                  run_seconds=seconds))
+                                  run_seconds=seconds, health=health))
     print(f"{a.out}: {len(tables)} table(s), {len(claims)} claim(s), {len(runs)} run(s), {sum(seconds.values())/60:.0f} min of runs")
 
 if __name__ == '__main__': main()
