@@ -289,7 +289,8 @@ def warmup_step_schedule(lrs, n_epoch:int, warmup:float|int=0.1, milestones=(0.4
     def sched(pos):
         e = pos * n_epoch
         f = warmup_factor + (1 - warmup_factor) * e / w if w and e < w else 1.0
-        return lrs * f * gamma ** sum(e >= m for m in ms)
+        lr = lrs * f * gamma ** sum(e >= m for m in ms)
+        return float(lr) if lr.ndim == 0 else lr   # one parameter group (MGRAN: the trunk is the network): a float, as fastai expects
     return sched
 
 # %% ../nbs/07_train.ipynb #fa673283

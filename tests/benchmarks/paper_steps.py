@@ -6,7 +6,8 @@ SynthReID Market analog of the quick preset in place of Market-1501, with its gr
 R-CNN's (no detector weights here); P × K is shrunk to `--P` × `--K` for the CPU (stated in the output). Every stage of the method trains `--steps` batches; `reid_nb.train.TrainingProbe` records
 gradient, feature and logits norms. Writes the loss terms per step, the probe and the timings to a JSON asset. Usage:
   python tests/benchmarks/paper_steps.py --out nbs/assets/paper_steps.json [--steps 12] [--P 4 --K 4]"""
-import argparse, itertools, time, warnings
+import argparse, itertools, json, time, warnings
+from pathlib import Path
 from dataclasses import replace
 from reid_nb.core import get_preset, write_json_atomic
 from reid_nb.methods.registry import run_overrides
@@ -54,6 +55,7 @@ def main(argv=None):
     ap.add_argument('--only', default=None, help='comma-separated labels of RUNS')
     a = ap.parse_args(argv)
     out = []
+    old = json.loads(Path(a.out).read_text())['runs'] if Path(a.out).exists() and a.only else []   # --only: keep the others' records
     for label in (a.only.split(',') if a.only else RUNS):
         r = paper_steps(label, a.steps, a.P, a.K); out.append(r)
         terms = [k for k in r['batches'] if k not in ('epoch', 'loss') and not k.startswith('lr')]
@@ -61,6 +63,9 @@ def main(argv=None):
         print(f"{label}: {r['backbone']} {r['height']}×{r['width']}, {r['opt']} lr {r['lr']}, P×K {a.P}×{a.K}, "
               f"{r['seconds_per_step']} s/step; " + '; '.join(f"{k} {first_last(k)[0]:.3f} → {first_last(k)[-1]:.3f}" for k in terms),
               flush=True)
+    done = {r['label'] for r in out}
+    out = [r for r in old if r['label'] not in done] + out
+    out.sort(key=lambda r: list(RUNS).index(r['label']))
     write_json_atomic(a.out, dict(note=f"paper recipes at real size, random weights, quick Market analog, P×K {a.P}×{a.K}, "
                                        f"{a.steps} steps per stage", runs=out))
 
