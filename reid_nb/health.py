@@ -9,8 +9,8 @@ import numpy as np
 
 # %% auto #0
 __all__ = ['LOSS_MARGIN', 'MOVE_TOL', 'EMA_BETA', 'CROSS_ENTROPY_FNS', 'finding', 'expected_starts', 'loss_findings',
-           'nonfinite_findings', 'lr_findings', 'movement_findings', 'retrieval_findings', 'health_findings',
-           'health_lines']
+           'nonfinite_findings', 'lr_findings', 'untrained_findings', 'movement_findings', 'retrieval_findings',
+           'health_findings', 'health_lines']
 
 # %% ../nbs/07d_health.ipynb #63465d0d
 LOSS_MARGIN = 0.10      # a loss term must fall at least 10 % below its start somewhere along its smoothed curve
@@ -86,6 +86,14 @@ def lr_findings(batches:dict) -> list[dict]:
                                batches=len(xs)))
     return out
 
+def untrained_findings(batches:dict, terms:list|None) -> list[dict]:
+    "`never_trained`: loss terms of the recipe that no batch computed with a gradient (a detached input, a stage that never runs it)."
+    if not batches.get('loss'): return []
+    seen = {k for k, v in batches.items() if any(x == x for x in v)}
+    return [finding('never_trained', t['name'], f"loss term {t['name']!r} of the recipe was never computed with a gradient in "
+                    f"any of {len(batches['loss'])} batches: it cannot have trained anything")
+            for t in terms or [] if t['name'] not in seen]
+
 # %% ../nbs/07d_health.ipynb #88f04eea
 def movement_findings(moves:list[dict], tol:float=MOVE_TOL) -> list[dict]:
     "`frozen_moved` / `did_not_move` from the per-stage module movements that `fit_stages` records."
@@ -120,8 +128,8 @@ def health_findings(history:dict, terms:list|None=None, n_classes:int|None=None,
                     chance:dict|None=None, margin:float=LOSS_MARGIN) -> list[dict]:
     "Every finding of a run: its `history` (`training_history`: batches, moves), loss `terms`, `n_classes`, main `metrics` and `chance`."
     b = history.get('batches') or {}
-    return (nonfinite_findings(b) + loss_findings(b, expected_starts(terms, n_classes), margin) + lr_findings(b)
-            + movement_findings(history.get('moves')) + retrieval_findings(metrics, chance))
+    return (nonfinite_findings(b) + untrained_findings(b, terms) + loss_findings(b, expected_starts(terms, n_classes), margin)
+            + lr_findings(b) + movement_findings(history.get('moves')) + retrieval_findings(metrics, chance))
 
 def health_lines(findings:list[dict], name:str|None=None) -> list[str]:
     "The findings in words, one line each ('healthy' when there are none)."

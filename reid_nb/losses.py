@@ -76,7 +76,9 @@ class Term:
     kwargs:dict = field(default_factory=dict)
 
 class WeightedLoss:
-    "Σ weight × term over named `Term`s of the train-mode `Outputs`, labels and targets; `.parts` = last values."
+    """Σ weight × term over named `Term`s of the train-mode `Outputs`, labels and targets; `.parts` = last values of the
+    terms that train in this batch: when some term carries a gradient, one that carries none (a network the stage does
+    not run or keeps frozen) is left out of `.parts`, so that a history records it as not computed rather than as 0."""
     def __init__(self, terms):
         self.terms, self.parts = list(terms), {}
         names = [t.name for t in self.terms]
@@ -97,12 +99,12 @@ class WeightedLoss:
     def __call__(self, out, pids:torch.Tensor, targets:dict|None=None) -> torch.Tensor:
         if not isinstance(out, Outputs):
             raise TypeError(f"The loss expects the model's train-mode Outputs; got {type(out).__name__}. Is the model in eval mode?")
-        read, total, parts = self._reader(out, pids, targets or {}), None, {}
+        read, total, values = self._reader(out, pids, targets or {}), None, {}
         for t in self.terms:
-            v = t.fn(*map(read, t.reads), **t.kwargs)
-            parts[t.name] = v.detach()
+            v = values[t.name] = t.fn(*map(read, t.reads), **t.kwargs)
             total = t.weight * v if total is None else total + t.weight * v
-        self.parts = parts
+        training = any(v.requires_grad for v in values.values())
+        self.parts = {n: v.detach() for n, v in values.items() if v.requires_grad or not training}
         return total
 
     def __repr__(self): return 'WeightedLoss(' + ' + '.join(f'{t.weight:g}×{t.name}' for t in self.terms) + ')'

@@ -113,7 +113,7 @@ def test_findings_reach_the_log_the_record_results_json_the_index_and_the_tables
         page = (out/'runs'/name/f'{name}.html').read_text()
         assert 'training health' in page, name                              # the run page prints the checks
         for f in rec['health']:
-            assert f['check'] in ('did_not_fall', 'not_finite', 'zero_lr', 'frozen_moved', 'did_not_move', 'at_chance')
+            assert f['check'] in ('did_not_fall', 'not_finite', 'never_trained', 'zero_lr', 'frozen_moved', 'did_not_move', 'at_chance')
             assert html.escape(f['message']) in index, (name, f['message'])  # the index lists each finding
             if log is not None: assert f['message'] in log
         health_col = {r['health'] for r in results['runs'] if r['run'] == name}
