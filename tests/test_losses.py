@@ -82,7 +82,7 @@ def test_baseline_loss_combines_and_records_parts():
 
 def test_weighted_loss_reads_outputs_and_targets_by_name():
     "Each term reads any output or target; the total is the weighted sum; parts are the unweighted values."
-    out = Outputs(logits={'a': torch.randn(4, 3)}, feats={'f': torch.randn(4, 2, requires_grad=True)}, maps={'m': torch.rand(4, 6, 2)})
+    out = Outputs(logits={'a': torch.randn(4, 3)}, feats={'f': torch.randn(4, 2, requires_grad=True)}, maps={'m': torch.rand(4, 6, 2, requires_grad=True)})
     targets = {'whole': torch.rand(4, 6, 2)}
     lf = WeightedLoss([Term('mse', lambda m, t: (m - t).pow(2).mean(), ('maps.m', 'targets.whole'), 0.1),
                        Term('norm', lambda f, p: f.norm(dim=1).mean() + 0 * p.sum(), ('feats.f', 'pids'), 2.0)])
