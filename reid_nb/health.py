@@ -35,6 +35,10 @@ def _ema(xs:np.ndarray, beta:float=EMA_BETA) -> np.ndarray:
 
 def _head(n:int) -> int: return min(20, max(1, n // 10))
 
+def _terms(batches:dict) -> list[str]:
+    "The loss-term columns of a per-batch history (not its epoch, total loss or learning rates)."
+    return [k for k in batches if k not in ('epoch', 'loss') and not k.startswith('lr')]
+
 def expected_starts(terms:list, n_classes:int|None) -> dict:
     "Term name → expected starting value: ln C for a cross-entropy term (recipe `terms` as `Run.recipe_summary` writes them)."
     if not n_classes: return {}
@@ -43,9 +47,8 @@ def expected_starts(terms:list, n_classes:int|None) -> dict:
 def loss_findings(batches:dict, expected:dict|None=None, margin:float=LOSS_MARGIN, min_batches:int=4) -> list[dict]:
     "`did_not_fall` findings: terms of the per-batch history `batches` whose smoothed curve never falls `margin` below its start."
     out, expected = [], expected or {}
-    for name, values in batches.items():
-        if name in ('epoch', 'loss') or name.startswith('lr'): continue
-        xs = np.asarray(values, dtype=float); xs = xs[np.isfinite(xs)]
+    for name in _terms(batches):
+        xs = np.asarray(batches[name], dtype=float); xs = xs[np.isfinite(xs)]
         if len(xs) < min_batches: continue                  # too short to judge (a one-batch stage)
         k = _head(len(xs)); start = float(xs[:k].mean())
         if abs(start) < 1e-8: continue                      # starts at its floor (a triplet already satisfied)
@@ -67,8 +70,7 @@ def nonfinite_findings(batches:dict) -> list[dict]:
     bad = np.flatnonzero(~np.isfinite(loss))
     if not len(bad): return []
     i = int(bad[0]); epoch = batches.get('epoch', [None] * len(loss))[i]
-    terms = [k for k, v in batches.items() if k not in ('epoch', 'loss') and not k.startswith('lr')
-             and i < len(v) and v[i] is not None and not math.isfinite(v[i])]
+    terms = [k for k in _terms(batches) if i < len(batches[k]) and not math.isfinite(batches[k][i])]
     return [finding('not_finite', 'loss', f"the loss was not finite in {len(bad)} of {len(loss)} batches, first at batch {i} "
                     f"(epoch {epoch:.2f})" + (f"; terms not finite there: {', '.join(terms)}" if terms else ''),
                     batches=len(bad), first_batch=i, terms=terms)]
@@ -132,7 +134,7 @@ def health_findings(history:dict, terms:list|None=None, n_classes:int|None=None,
             + lr_findings(b) + movement_findings(history.get('moves')) + retrieval_findings(metrics, chance))
 
 def health_lines(findings:list[dict], name:str|None=None) -> list[str]:
-    "The findings in words, one line each ('healthy' when there are none)."
+    "The findings in words, one line each (one line saying so when there are none)."
     who = f"{name}: " if name else ''
     if not findings: return [f"{who}training health: no findings (every loss term fell, no frozen module moved, above chance)"]
     return [f"{who}training health [{f['check']}] {f['message']}" for f in findings]

@@ -79,6 +79,13 @@ class SkipValidationCallback(Callback):
         if getattr(self, 'in_fit', False): raise CancelValidException
 
 # %% ../nbs/07_train.ipynb #e87c6ca0
+def _append_row(history:dict, row:dict):
+    "Append one batch's `row` to the columns of `history`: a column new in this batch gets NaN before, one missing from it a NaN."
+    n = len(next(iter(history.values()), []))
+    for k, v in row.items(): history.setdefault(k, [math.nan] * n).append(v)
+    for k in history:
+        if len(history[k]) == n: history[k].append(math.nan)
+
 class LossPartsRecorder(Callback):
     "Record per training batch: epoch position, loss, new-layer lr, each group's lr (`lr/<group>`) and each of `loss_func.parts`."
     order, name = 51, 'loss_parts'
@@ -90,15 +97,11 @@ class LossPartsRecorder(Callback):
 
     def after_batch(self):
         if not self.training or not len(self.yb): return
-        h, n = self.history, len(self.history['loss'])
-        h['epoch'].append(getattr(self.learn, 'epoch_offset', 0) + self.epoch + (self.iter + 1) / self.n_iter)
-        h['loss'].append(float(self.learn.loss.detach()))
-        h['lr'].append(float(self.opt.hypers[-1]['lr']))
-        now = {f'lr/{g}': float(hp['lr']) for g, hp in zip(getattr(self, '_groups', ()), self.opt.hypers)}
-        for k, v in {**now, **{k: float(v) for k, v in getattr(self.learn.loss_func, 'parts', {}).items()}}.items():
-            h.setdefault(k, [math.nan] * n).append(v)
-        for k in h:
-            if len(h[k]) == n: h[k].append(math.nan)  # a part missing this batch
+        _append_row(self.history, {
+            'epoch': getattr(self.learn, 'epoch_offset', 0) + self.epoch + (self.iter + 1) / self.n_iter,
+            'loss': float(self.learn.loss.detach()), 'lr': float(self.opt.hypers[-1]['lr']),
+            **{f'lr/{g}': float(hp['lr']) for g, hp in zip(getattr(self, '_groups', ()), self.opt.hypers)},
+            **{k: float(v) for k, v in getattr(self.learn.loss_func, 'parts', {}).items()}})
 
 # %% ../nbs/07_train.ipynb #fee57e05
 class ReIDEvalCallback(Callback):
@@ -383,10 +386,7 @@ class TrainingProbe(Callback):
         for kind in ('feats', 'logits'):
             for k, v in (getattr(out, kind, None) or {}).items():
                 if torch.is_tensor(v) and v.ndim == 2: row[f'{kind[:-1]}/{k}'] = float(v.detach().float().norm(dim=1).mean())
-        n = len(next(iter(self.history.values()), []))
-        for k, v in row.items(): self.history.setdefault(k, [math.nan] * n).append(v)
-        for k in self.history:
-            if len(self.history[k]) == n: self.history[k].append(math.nan)
+        _append_row(self.history, row)
 
 def plot_probe(histories:dict, keys=('grad', 'feat', 'logit'), title:str|None=None):
     "One panel per kind of probe column (`keys`), one line style per run of `histories` {label: TrainingProbe.history}, log scale."
